@@ -1,0 +1,1 @@
+"""Config loading and validation, the CLI runner, debug utilities."""

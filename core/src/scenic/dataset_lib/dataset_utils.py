@@ -1,0 +1,170 @@
+"""What every input pipeline shares: the Dataset contract, deterministic per-host example
+order, eval padding with `batch_mask`, and sharding / prefetching host batches to devices.
+
+Batches are dicts of NumPy arrays: `inputs`, `label`, and `batch_mask` (1 real, 0 padding).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import numpy as np
+
+
+@dataclasses.dataclass
+class Dataset:
+    """A built data set.
+
+    Attributes:
+      meta_data: `num_classes`, `input_shape` (one example, with a leading -1 batch axis),
+        `input_dtype`, `num_train_examples`, `num_eval_examples`, and data-set specifics.
+      train_batches: `start_step -> iterator` of this host's training batches, endless;
+        batch k of the stream is the same whatever `start_step` it was started from.
+      eval_batches: `() -> iterator` over one pass of this host's eval batches, padded to
+        full size with `batch_mask`; every host yields `num_eval_batches` of them.
+      num_eval_batches: batches per eval pass (identical on every host).
+    """
+
+    meta_data: dict[str, Any]
+    train_batches: Callable[[int], Iterator[dict[str, np.ndarray]]]
+    eval_batches: Callable[[], Iterator[dict[str, np.ndarray]]]
+    num_eval_batches: int
+
+
+def host_batch_size(global_batch_size: int, process_count: int, what: str = "batch_size") -> int:
+    if global_batch_size % process_count:
+        raise ValueError(
+            f"{what}={global_batch_size} must be divisible by the number of hosts "
+            f"({process_count})."
+        )
+    return global_batch_size // process_count
+
+
+def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+    """The order of the examples in `epoch`: a fixed function of (seed, epoch)."""
+    return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def train_example_indices(
+    step: int,
+    *,
+    num_examples: int,
+    global_batch_size: int,
+    seed: int,
+    process_index: int,
+    process_count: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Example indices (and global stream positions) of this host's share of batch `step`.
+
+    The global stream visits a fresh permutation of the examples each epoch; batch `step`
+    is positions [step * B, (step + 1) * B) of it and host p takes the p-th contiguous
+    slice. So the data order depends only on (seed, step), never on where a run resumed
+    or how many devices it has.
+    """
+    per_host = host_batch_size(global_batch_size, process_count)
+    positions = step * global_batch_size + process_index * per_host + np.arange(per_host)
+    epochs, offsets = np.divmod(positions, num_examples)
+    indices = np.empty_like(positions)
+    for epoch in np.unique(epochs):
+        chosen = epochs == epoch
+        indices[chosen] = epoch_permutation(num_examples, seed, int(epoch))[offsets[chosen]]
+    return indices, positions
+
+
+def host_eval_slice(num_examples: int, process_index: int, process_count: int) -> range:
+    """The contiguous range of eval examples this host evaluates (hosts differ by <= 1)."""
+    start = num_examples * process_index // process_count
+    stop = num_examples * (process_index + 1) // process_count
+    return range(start, stop)
+
+
+def num_eval_batches(num_examples: int, host_batch: int, process_count: int) -> int:
+    """Batches per eval pass, the same on every host, enough for the largest host slice."""
+    largest_slice = math.ceil(num_examples / process_count)
+    return max(1, math.ceil(largest_slice / host_batch))
+
+
+def padded_eval_batches(
+    arrays: dict[str, np.ndarray], host_batch: int, num_batches: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """Yields `num_batches` batches of `host_batch` from `arrays`, zero-padded at the end.
+
+    Adds `batch_mask` (1.0 real, 0.0 padding). Nothing is dropped or repeated.
+    """
+    num_real = len(next(iter(arrays.values())))
+    if num_real > host_batch * num_batches:
+        raise ValueError(f"{num_real} examples do not fit {num_batches} batches of {host_batch}.")
+    for b in range(num_batches):
+        lo, hi = b * host_batch, min((b + 1) * host_batch, num_real)
+        count = max(hi - lo, 0)
+        batch = {}
+        for key, values in arrays.items():
+            chunk = np.zeros((host_batch, *values.shape[1:]), values.dtype)
+            chunk[:count] = values[lo : lo + count]
+            batch[key] = chunk
+        mask = np.zeros((host_batch,), np.float32)
+        mask[:count] = 1.0
+        batch["batch_mask"] = mask
+        yield batch
+
+
+def shard(batch: dict[str, np.ndarray], num_devices: int) -> dict[str, np.ndarray]:
+    """Reshapes host arrays `[B, ...]` to `[num_devices, B / num_devices, ...]` for pmap."""
+
+    def split(x):
+        if x.shape[0] % num_devices:
+            raise ValueError(
+                f"Host batch of {x.shape[0]} does not split over {num_devices} devices."
+            )
+        return x.reshape(num_devices, x.shape[0] // num_devices, *x.shape[1:])
+
+    return jax.tree.map(split, batch)
+
+
+def prefetch_to_device(
+    iterator: Iterator[dict[str, np.ndarray]], size: int = 2, devices=None
+) -> Iterator[dict[str, jax.Array]]:
+    """Shards each host batch over the local devices and keeps `size` batches in flight.
+
+    Arrays arrive on the devices as `[num_devices, per_device, ...]`, split along the
+    leading axis, the layout pmap consumes without another copy.
+    """
+    devices = list(devices or jax.local_devices())
+    mesh = jax.sharding.Mesh(np.array(devices), ("devices",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("devices"))
+
+    def to_device(batch):
+        return jax.device_put(shard(batch, len(devices)), sharding)
+
+    queue = collections.deque()
+    for batch in itertools.islice(iterator, size):
+        queue.append(to_device(batch))
+    while queue:
+        yield queue.popleft()
+        for batch in itertools.islice(iterator, 1):
+            queue.append(to_device(batch))
+
+
+def per_example_uniform(seed: int, positions: np.ndarray, salt: int = 0) -> np.ndarray:
+    """Uniform floats in [0, 1), one per stream position, a fixed function of (seed, salt, pos).
+
+    Augmentation randomness keyed by the example's position in the global stream (a
+    SplitMix64 hash) is the same on resume and on any device or host layout.
+    """
+    mask = np.uint64(0xFFFFFFFFFFFFFFFF)
+    with np.errstate(over="ignore"):
+        z = (
+            positions.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+            + np.uint64(seed & 0xFFFFFFFF) * np.uint64(0xD1B54A32D192ED03)
+            + np.uint64(salt) * np.uint64(0x94D049BB133111EB)
+        ) & mask
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)

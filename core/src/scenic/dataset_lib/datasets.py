@@ -1,0 +1,56 @@
+"""The data set registry: names -> builder functions, imported lazily.
+
+Built-in data sets are listed by module path so that nothing (and no TensorFlow) is
+imported until a data set is built. Projects add their own with `register_dataset`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable
+
+_BUILTIN = {
+    "digits": "scenic.dataset_lib.digits_dataset:build_digits",
+}
+_REGISTERED: dict[str, Callable] = {}
+
+
+class UnknownDatasetError(KeyError):
+    def __str__(self):
+        return self.args[0]
+
+
+def register_dataset(name: str):
+    """Decorator registering a builder `fn(*, batch_size, eval_batch_size, seed, ..., **config)`."""
+
+    def wrap(fn):
+        if name in _REGISTERED or name in _BUILTIN:
+            raise ValueError(f"Data set {name!r} is already registered.")
+        _REGISTERED[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_datasets() -> list[str]:
+    return sorted({*_BUILTIN, *_REGISTERED})
+
+
+def get_dataset_builder(name: str) -> Callable:
+    """The builder function registered under `name`; a clear error if there is none."""
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    if name in _BUILTIN:
+        module_name, attr = _BUILTIN[name].split(":")
+        return getattr(importlib.import_module(module_name), attr)
+    close = difflib.get_close_matches(name, list_datasets(), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise UnknownDatasetError(
+        f"Unknown data set {name!r}.{hint} Registered: {', '.join(list_datasets())}."
+    )
+
+
+def get_dataset(name: str, **kwargs):
+    """Builds the data set `name` (see `scenic.dataset_lib.dataset_utils.Dataset`)."""
+    return get_dataset_builder(name)(**kwargs)

@@ -1,0 +1,1 @@
+"""Base models (losses and metrics), layers and model utilities. No TensorFlow here."""

@@ -1,0 +1,65 @@
+"""Single-label and multi-label classification base models."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from scenic.model_lib import model_utils
+from scenic.model_lib.base_model import BaseModel
+
+
+class ClassificationModel(BaseModel):
+    """Softmax cross-entropy with optional label smoothing; reports loss and accuracy.
+
+    `batch['label']` holds integer classes `[B]` or soft / one-hot targets `[B, C]`.
+    """
+
+    config_keys = (*BaseModel.config_keys, "label_smoothing")
+
+    @property
+    def num_classes(self) -> int:
+        return self.dataset_meta_data["num_classes"]
+
+    def targets(self, batch) -> jnp.ndarray:
+        return model_utils.one_hot_or_soft(batch["label"], self.num_classes)
+
+    def loss_function(self, logits, batch, model_params=None):
+        loss = model_utils.weighted_softmax_cross_entropy(
+            logits,
+            self.targets(batch),
+            batch.get("batch_mask"),
+            label_smoothing=self.config.get("label_smoothing"),
+        )
+        return loss + self.l2_term(model_params)
+
+    def per_example_metrics(self, logits, batch):
+        targets = self.targets(batch)
+        return {
+            "accuracy": model_utils.correctly_classified(logits, targets),
+            "loss": model_utils.softmax_cross_entropy(logits, targets),
+        }
+
+
+class MultiLabelClassificationModel(BaseModel):
+    """Sigmoid cross-entropy over classes; reports loss and precision@1.
+
+    `batch['label']` holds multi-hot targets `[B, C]`.
+    """
+
+    config_keys = (*BaseModel.config_keys, "label_smoothing")
+
+    def loss_function(self, logits, batch, model_params=None):
+        loss = model_utils.weighted_sigmoid_cross_entropy(
+            logits,
+            batch["label"].astype(logits.dtype),
+            batch.get("batch_mask"),
+            label_smoothing=self.config.get("label_smoothing"),
+        )
+        return loss + self.l2_term(model_params)
+
+    def per_example_metrics(self, logits, batch):
+        targets = batch["label"].astype(jnp.float32)
+        return {
+            "prec@1": model_utils.top1_is_positive(logits, targets),
+            "loss": model_utils.sigmoid_cross_entropy(logits, targets),
+        }

@@ -1,0 +1,1 @@
+"""Train state, optimizers, learning-rate schedules, checkpoints, summaries and trainers."""

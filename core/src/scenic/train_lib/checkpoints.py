@@ -1,0 +1,94 @@
+"""Orbax checkpoints of the train state, with a shape check before anything is restored.
+
+Orbax writes each checkpoint to a temporary directory and renames it when complete, so
+an interrupted write never replaces the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import numpy as np
+
+
+class CheckpointMismatchError(ValueError):
+    """The workdir holds a checkpoint of a differently shaped model."""
+
+
+def _path_name(path) -> str:
+    """'opt_state/0/mu/head/kernel': the same for a namedtuple and the dict Orbax stores."""
+    parts = []
+    for entry in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(entry, attr):
+                parts.append(str(getattr(entry, attr)))
+                break
+    return "/".join(parts)
+
+
+def _flat(tree) -> dict[str, tuple]:
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {_path_name(path): tuple(np.shape(leaf)) for path, leaf in flat}
+
+
+class Checkpointer:
+    """Saves and restores train-state dicts under `workdir/checkpoints/<step>`."""
+
+    def __init__(self, workdir: str | pathlib.Path, max_to_keep: int = 3):
+        import orbax.checkpoint as ocp
+
+        self._ocp = ocp
+        self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        )
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, state: dict) -> None:
+        self._manager.save(step, args=self._ocp.args.StandardSave(state))
+        self._manager.wait_until_finished()
+
+    def restore(self, target: dict, step: int | None = None) -> dict:
+        """Restores `step` (default: latest) into the structure and shapes of `target`.
+
+        Raises CheckpointMismatchError naming the differing arrays when the stored tree
+        does not match `target`.
+        """
+        step = self.latest_step() if step is None else step
+        stored = self._manager.item_metadata(step)
+        stored_shapes = {k: tuple(getattr(v, "shape", ())) for k, v in _flat_meta(stored).items()}
+        wanted = _flat(target)
+        problems = []
+        for key in sorted(set(stored_shapes) | set(wanted)):
+            if key not in stored_shapes:
+                problems.append(f"{key}: missing in checkpoint, model has {wanted[key]}")
+            elif key not in wanted:
+                problems.append(f"{key}: in checkpoint {stored_shapes[key]}, not in model")
+            elif stored_shapes[key] != wanted[key]:
+                problems.append(f"{key}: checkpoint {stored_shapes[key]} != model {wanted[key]}")
+        if problems:
+            shown = "\n  ".join(problems[:8])
+            more = f"\n  ... and {len(problems) - 8} more" if len(problems) > 8 else ""
+            raise CheckpointMismatchError(
+                f"Checkpoint {self.directory / str(step)} does not match this model "
+                f"({len(problems)} differences):\n  {shown}{more}\n"
+                "Use a new --workdir for a different model; nothing was overwritten."
+            )
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), target
+        )
+        return self._manager.restore(step, args=self._ocp.args.StandardRestore(abstract))
+
+    def close(self) -> None:
+        self._manager.close()
+
+
+def _flat_meta(tree) -> dict:
+    flat, _ = jax.tree_util.tree_flatten_with_path(
+        tree, is_leaf=lambda x: hasattr(x, "shape") and not isinstance(x, dict)
+    )
+    return {_path_name(path): leaf for path, leaf in flat}

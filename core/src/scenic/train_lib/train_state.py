@@ -1,0 +1,52 @@
+"""The train state: everything a checkpoint must hold to continue a run exactly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+
+@flax.struct.dataclass
+class TrainState:
+    """step, parameters, optimizer state, mutable model state (e.g. batch_stats), and the
+    base RNG key (raw uint32 data) from which every step's randomness is folded."""
+
+    step: jnp.ndarray
+    params: Any
+    opt_state: Any
+    model_state: Any
+    rng: jnp.ndarray
+
+    def to_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "params": self.params,
+            "opt_state": self.opt_state,
+            "model_state": self.model_state,
+            "rng": self.rng,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainState:
+        return cls(**d)
+
+
+def replicate(tree, devices=None):
+    """Copies every array to each local device, stacked on a leading device axis."""
+    devices = list(devices or jax.local_devices())
+    mesh = jax.sharding.Mesh(devices, ("devices",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("devices"))
+
+    def put(x):
+        x = jnp.asarray(x)
+        return jax.device_put(jnp.broadcast_to(x, (len(devices), *x.shape)), sharding)
+
+    return jax.tree.map(put, tree)
+
+
+def unreplicate(tree):
+    """The first device's copy of a replicated tree, as host NumPy arrays."""
+    return jax.device_get(jax.tree.map(lambda x: x[0], tree))

@@ -1,0 +1,1 @@
+"""Configs shipped with scenic-baselines; `scenic-baselines list-configs` lists them."""

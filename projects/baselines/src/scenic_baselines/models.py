@@ -1,0 +1,35 @@
+"""The models this project registers: `config.model_name` -> base-model class."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from scenic_baselines import vit
+
+
+def _vit_fields() -> tuple[str, ...]:
+    return tuple(
+        f.name for f in dataclasses.fields(vit.ViT) if f.name not in ("num_classes", "parent", "name")
+    )
+
+
+class ViTClassification(vit.ViTClassificationModel):
+    @classmethod
+    def model_config_keys(cls):
+        return _vit_fields()
+
+
+class ViTMultiLabelClassification(vit.ViTMultiLabelClassificationModel):
+    @classmethod
+    def model_config_keys(cls):
+        return _vit_fields()
+
+
+MODELS = {
+    "vit_multilabel_classification": ViTMultiLabelClassification,
+    "vit_classification": ViTClassification,
+}
+
+
+def get_models() -> dict[str, type]:
+    return MODELS
