@@ -48,7 +48,8 @@ def resolve_config(config: ml_collections.ConfigDict, models: dict[str, type]):
     if name not in models:
         close = difflib.get_close_matches(str(name), list(models), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"Unknown model_name {name!r}.{hint} Known: {', '.join(sorted(models))}.")
+        known = ", ".join(sorted(models))
+        raise ConfigError(f"Unknown model_name {name!r}.{hint} Known: {known}.")
     model_cls = models[name]
     schema = trainer_config.default_config()
     with schema.unlocked():
@@ -63,7 +64,8 @@ def resolve_config(config: ml_collections.ConfigDict, models: dict[str, type]):
     )
     trainers.get_trainer(config.trainer_name)
     steps = config.num_training_steps or 1 << 30  # epochs: checked again once data is known
-    optimizers.get_optimizer(config.optimizer, lr_schedules.compound_schedule(config.lr_configs, steps))
+    schedule = lr_schedules.compound_schedule(config.lr_configs, steps)
+    optimizers.get_optimizer(config.optimizer, schedule)
     return config, model_cls
 
 

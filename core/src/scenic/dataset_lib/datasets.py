@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 _BUILTIN = {
     "digits": "scenic.dataset_lib.digits_dataset:build_digits",
+    "imagenet2012": "scenic.dataset_lib.tfds_classification:build_imagenet2012",
 }
 _REGISTERED: dict[str, Callable] = {}
 

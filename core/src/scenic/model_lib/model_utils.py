@@ -12,12 +12,13 @@ import jax.numpy as jnp
 
 
 def one_hot_or_soft(labels: jnp.ndarray, num_classes: int) -> jnp.ndarray:
-    """Integer labels -> one-hot; labels that already have a class axis pass through."""
-    if labels.ndim >= 1 and labels.shape[-1] == num_classes and jnp.issubdtype(
-        labels.dtype, jnp.floating
-    ):
-        return labels
-    return jax.nn.one_hot(labels, num_classes)
+    """Class indices `[B]` -> one-hot `[B, C]`; targets `[B, C]` (one-hot or soft, any
+    dtype) pass through as floats."""
+    if labels.ndim == 1:
+        return jax.nn.one_hot(labels, num_classes)
+    if labels.shape[-1] != num_classes:
+        raise ValueError(f"Labels {labels.shape} do not end in num_classes={num_classes}.")
+    return labels.astype(jnp.float32)
 
 
 def apply_label_smoothing(targets: jnp.ndarray, smoothing: float | None) -> jnp.ndarray:

@@ -43,6 +43,7 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+            item_handlers=ocp.StandardCheckpointHandler(),
         )
 
     def latest_step(self) -> int | None:
@@ -63,7 +64,8 @@ class Checkpointer:
         stored_shapes = {k: tuple(getattr(v, "shape", ())) for k, v in _flat_meta(stored).items()}
         wanted = _flat(target)
         problems = []
-        for key in sorted(set(stored_shapes) | set(wanted)):
+        params_first = lambda key: (not key.startswith("params/"), key)
+        for key in sorted(set(stored_shapes) | set(wanted), key=params_first):
             if key not in stored_shapes:
                 problems.append(f"{key}: missing in checkpoint, model has {wanted[key]}")
             elif key not in wanted:

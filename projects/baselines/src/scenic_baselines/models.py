@@ -8,9 +8,8 @@ from scenic_baselines import vit
 
 
 def _vit_fields() -> tuple[str, ...]:
-    return tuple(
-        f.name for f in dataclasses.fields(vit.ViT) if f.name not in ("num_classes", "parent", "name")
-    )
+    excluded = ("num_classes", "parent", "name")
+    return tuple(f.name for f in dataclasses.fields(vit.ViT) if f.name not in excluded)
 
 
 class ViTClassification(vit.ViTClassificationModel):

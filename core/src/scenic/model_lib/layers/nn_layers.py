@@ -79,18 +79,20 @@ def sincos_position_embedding_1d(length: int, dim: int, max_period: float = 10_0
 
 
 def sincos_position_embedding_2d(height: int, width: int, dim: int, max_period: float = 10_000.0):
-    """Fixed 2D sin-cos embedding `[1, height*width, dim]` (as in MoCo v3 / big_vision).
+    """Fixed 2D sin-cos embedding `[1, height*width, dim]`, laid out as big_vision's
+    `posemb_sincos_2d` (so models trained there get the same table here).
 
-    A quarter of the channels each: sin(y), cos(y), sin(x), cos(x); rows are row-major
-    over the (height, width) grid.
+    A quarter of the channels each: sin(x), cos(x), sin(y), cos(y), with frequencies
+    max_period ** -(i / (dim/4 - 1)); tokens are row-major over the (height, width) grid.
     """
     if dim % 4:
         raise ValueError(f"2D sin-cos embedding width must be divisible by 4, got {dim}.")
+    quarter = dim // 4
     y, x = np.mgrid[:height, :width].astype(np.float64)
-    omega = 1.0 / max_period ** (np.arange(dim // 4, dtype=np.float64) / (dim // 4))
+    omega = 1.0 / max_period ** (np.arange(quarter, dtype=np.float64) / max(quarter - 1, 1))
     y_angles = y.reshape(-1)[:, None] * omega[None]
     x_angles = x.reshape(-1)[:, None] * omega[None]
     embedding = np.concatenate(
-        [np.sin(y_angles), np.cos(y_angles), np.sin(x_angles), np.cos(x_angles)], axis=1
+        [np.sin(x_angles), np.cos(x_angles), np.sin(y_angles), np.cos(y_angles)], axis=1
     )
     return jnp.asarray(embedding[None], jnp.float32)

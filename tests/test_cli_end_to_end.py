@@ -1,0 +1,114 @@
+"""scenic-baselines end to end: train, eval, list-configs, and clear errors on bad input."""
+
+import hashlib
+import json
+import pathlib
+
+import pytest
+
+
+def snapshot(directory: pathlib.Path) -> dict[str, str]:
+    """Every file under `directory` with a hash of its contents."""
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, cli, tiny_vit_digits):
+    workdir = tmp_path_factory.mktemp("vit_digits")
+    result = cli("train", "--config", "vit_digits", "--workdir", str(workdir), *tiny_vit_digits)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir, result
+
+
+def test_train_leaves_checkpoints_summaries_config_and_metrics(trained):
+    workdir, result = trained
+    assert "test accuracy:" in result.stdout
+    assert "parameters" in result.stderr and "GFLOPs per example" in result.stderr
+    assert "examples/s" in result.stderr and "ETA" in result.stderr
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["3", "6"]
+    assert list(workdir.glob("events.out.tfevents.*")), "no TensorBoard summaries"
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["model"]["hidden_size"] == 16 and config["num_training_steps"] == 6
+    final = json.loads((workdir / "final_metrics.json").read_text())
+    assert final["step"] == 6 and 0.0 <= final["accuracy"] <= 1.0
+    assert final["train_examples_per_sec"] > 0
+
+
+def test_eval_verb_reproduces_final_metrics(trained, cli):
+    workdir, _ = trained
+    result = cli("eval", "--workdir", str(workdir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = json.loads((workdir / "final_metrics.json").read_text())
+    evaluated = json.loads((workdir / "eval_metrics.json").read_text())
+    assert evaluated["step"] == 6
+    assert evaluated["accuracy"] == pytest.approx(final["accuracy"], abs=1e-6)
+    assert evaluated["loss"] == pytest.approx(final["loss"], rel=1e-5)
+
+
+def test_list_configs(cli):
+    result = cli("list-configs")
+    assert result.returncode == 0
+    assert {"vit_digits", "vit_b16_imagenet"} <= set(result.stdout.split())
+
+
+BAD_CONFIG = '''
+from scenic_baselines.configs.vit_digits import get_config as base
+
+def get_config():
+    config = base()
+    config.num_trainng_steps = 10
+    return config
+'''
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--config.model.hiden_size=8"], "Unknown config key 'model.hiden_size'"),
+        (["--config.dataset_name=digitz"], "Unknown data set 'digitz'"),
+        (["--config.model_name=vit_clasification"], "Unknown model_name 'vit_clasification'"),
+        (["--config.optimizer.name=adamm"], "Unknown optimizer.name 'adamm'"),
+        (["--config.dataset_configs.image_size=8", "--config.dataset_configs.shift=2"],
+         "Unknown config key 'dataset_configs.shift'"),
+        (["--config.optimizer.name=sgd"], None),  # b1/b2 are adamw's: read by nobody
+        (["--bogus"], "Unrecognised argument '--bogus'"),
+    ],
+)
+def test_bad_input_is_one_clear_error_and_nothing_written(trained, cli, extra, message):
+    workdir, _ = trained
+    before = snapshot(workdir)
+    result = cli("train", "--config", "vit_digits", "--workdir", str(workdir), *extra)
+    assert result.returncode != 0
+    assert result.stderr.startswith("scenic-baselines: error:"), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    if message:
+        assert message in result.stderr
+    assert snapshot(workdir) == before
+
+
+def test_misspelled_key_in_config_file(tmp_path, cli):
+    path = tmp_path / "typo.py"
+    path.write_text(BAD_CONFIG)
+    result = cli("train", "--config", str(path), "--workdir", str(tmp_path / "wd"))
+    assert result.returncode != 0
+    assert "num_trainng_steps: nothing reads it" in result.stderr
+    assert "Did you mean 'num_training_steps'" in result.stderr
+    assert not (tmp_path / "wd").exists()
+
+
+def test_checkpoint_of_another_model_shape_is_refused(trained, cli, tiny_vit_digits):
+    workdir, _ = trained
+    before = snapshot(workdir)
+    result = cli(
+        "train", "--config", "vit_digits", "--workdir", str(workdir), *tiny_vit_digits,
+        "--config.model.hidden_size=32", "--config.num_training_steps=9",
+    )
+    assert result.returncode != 0
+    assert "does not match this model" in result.stderr
+    assert "params/" in result.stderr and "checkpoint (16,) != model (32,)" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert snapshot(workdir) == before
