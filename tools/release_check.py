@@ -2,7 +2,7 @@
 
 Run from the repository root, in the test environment:
 
-    hatch run test:python tools/release_check.py [--dist DIR] [--keep] [--skip-install]
+    hatch run release-check [--dist DIR] [--keep] [--skip-install]
 
 Stages, each of which must pass before the next one runs:
 

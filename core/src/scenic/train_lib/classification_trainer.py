@@ -152,6 +152,9 @@ def train(
         dataset.train_batches(start_step), config.prefetch_to_device
     )
     train_pairs, eval_metrics = [], {}
+    if start_step >= num_steps:
+        logger.info("Already trained for %d steps; evaluating only.", num_steps)
+        eval_metrics = evaluate(p_eval_step, state, dataset, config.prefetch_to_device)
     loop_start = time.perf_counter()
     first_step_time, paused = 0.0, 0.0  # compile time; time spent in eval / checkpoints
     for step in range(start_step + 1, num_steps + 1):

@@ -24,7 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
             "hidden_size": 64,
             "num_layers": 4,
             "num_heads": 4,
-            "mlp_dim": 256,
+            "mlp_dim": 128,
             "classifier": "token",
             "dropout_rate": 0.0,
             "stochastic_depth": 0.0,
@@ -34,18 +34,18 @@ def get_config() -> ml_collections.ConfigDict:
     config.rng_seed = 0
     config.batch_size = 128
     config.eval_batch_size = 256
-    config.num_training_steps = 3000
+    config.num_training_steps = 500
     config.optimizer = ml_collections.ConfigDict(
         {"name": "adamw", "b1": 0.9, "b2": 0.999, "weight_decay": 1e-4, "grad_clip_norm": 1.0}
     )
     config.lr_configs = ml_collections.ConfigDict(
         {
             "factors": "constant * linear_warmup * cosine_decay",
-            "base_learning_rate": 1e-3,
+            "base_learning_rate": 3e-3,
             "warmup_steps": 200,
         }
     )
-    config.log_summary_steps = 500
-    config.log_eval_steps = 1000
-    config.checkpoint_steps = 1000
+    config.log_summary_steps = 100
+    config.log_eval_steps = 500
+    config.checkpoint_steps = 250
     return config
