@@ -1,0 +1,226 @@
+"""Bipartite matchers: cost `[B, N, M]` -> int32 indices `[B, 2, min(N, M)]` (row, column).
+
+Every matcher is callable inside `jit` and `pmap`, and no gradient flows through the
+assignment (costs pass through `stop_gradient`). Pairs are listed in increasing row order
+when N <= M, and in increasing column order when N > M.
+
+Defined behaviour, shared by all matchers:
+  - N < M and N > M: min(N, M) pairs; every row (N <= M) or every column (N > M) is used once.
+  - Ties: any optimal assignment may be returned (exact matchers) — totals are what is exact.
+  - +inf marks a forbidden pair: replaced by a finite cost larger than any assignment that
+    avoids forbidden pairs, so they are used only when no feasible assignment exists.
+  - Padded targets: `num_valid_cols[b]` columns are real, the rest are padding. Padding
+    columns cost 0 for every row; with N >= num_valid_cols (queries >= targets, the DETR
+    case) the real columns get exactly the rows an optimal assignment of the real columns
+    alone would give them, and the padding columns take leftover rows (the loss masks them).
+  - The exact pure-JAX matchers run in float32 (as does the SciPy one on its input), so
+    totals equal SciPy's float64 optimum up to float32 rounding of the costs.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def prepare_costs(cost, num_valid_cols=None):
+    """Stops gradients, zeroes padding columns and makes +inf (forbidden) pairs finite."""
+    cost = jax.lax.stop_gradient(jnp.asarray(cost, jnp.float32))
+    if num_valid_cols is not None:
+        cols = jnp.arange(cost.shape[-1])
+        cost = jnp.where(cols[None, None, :] < num_valid_cols[:, None, None], cost, 0.0)
+    finite = jnp.isfinite(cost)
+    largest = jnp.max(jnp.where(finite, jnp.abs(cost), 0.0), axis=(-2, -1), keepdims=True)
+    forbidden = (largest + 1.0) * (min(cost.shape[-2:]) + 1)
+    return jnp.where(finite, cost, forbidden)
+
+
+def _transpose_if_tall(cost):
+    """Matchers work on N <= M; a tall cost matrix is solved transposed."""
+    return (jnp.swapaxes(cost, -1, -2), True) if cost.shape[-2] > cost.shape[-1] else (cost, False)
+
+
+def _indices(rows, cols, transposed):
+    pairs = jnp.stack([cols, rows] if transposed else [rows, cols], axis=1)
+    return pairs.astype(jnp.int32)
+
+
+def _scipy_assignment(cost: np.ndarray) -> np.ndarray:
+    from scipy.optimize import linear_sum_assignment
+
+    out = np.empty((cost.shape[0], cost.shape[1]), np.int32)
+    for b, matrix in enumerate(np.asarray(cost, np.float64)):
+        _, cols = linear_sum_assignment(matrix)
+        out[b] = cols
+    return out
+
+
+def hungarian_matcher(cost, num_valid_cols=None):
+    """Exact: SciPy's `linear_sum_assignment` on the host, through `jax.pure_callback`."""
+    cost, transposed = _transpose_if_tall(prepare_costs(cost, num_valid_cols))
+    batch, n, _ = cost.shape
+    cols = jax.pure_callback(
+        _scipy_assignment, jax.ShapeDtypeStruct((batch, n), jnp.int32), cost,
+        vmap_method="sequential",
+    )
+    rows = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (batch, n))
+    return _indices(rows, cols, transposed)
+
+
+def _hungarian_single(cost):
+    """Shortest augmenting paths with potentials (Kuhn-Munkres / Jonker-Volgenant), N <= M.
+
+    Column 0 is a dummy; `owner[j]` is the 1-based row assigned to column j (0: none).
+    """
+    n, m = cost.shape
+    big = jnp.asarray(jnp.finfo(jnp.float32).max, jnp.float32)
+    padded = jnp.zeros((n + 1, m + 1), jnp.float32).at[1:, 1:].set(cost)
+
+    def add_row(i, carry):
+        u, v, owner, way = carry
+        owner = owner.at[0].set(i)
+        minv = jnp.full((m + 1,), big)
+        used = jnp.zeros((m + 1,), bool)
+
+        def search_cond(state):
+            _, _, _, owner, _, _, j0 = state
+            return owner[j0] != 0
+
+        def search_step(state):
+            u, v, minv, owner, way, used, j0 = state
+            used = used.at[j0].set(True)
+            i0 = owner[j0]
+            reduced = padded[i0] - u[i0] - v
+            better = (~used) & (reduced < minv)
+            minv = jnp.where(better, reduced, minv)
+            way = jnp.where(better, j0, way)
+            masked = jnp.where(used, big, minv).at[0].set(big)
+            j1 = jnp.argmin(masked)
+            delta = masked[j1]
+            u = u.at[owner].add(jnp.where(used, delta, 0.0))
+            v = jnp.where(used, v - delta, v)
+            minv = jnp.where(used, minv, minv - delta)
+            return u, v, minv, owner, way, used, j1
+
+        u, v, _, owner, way, _, j0 = jax.lax.while_loop(
+            search_cond, search_step, (u, v, minv, owner, way, used, jnp.int32(0))
+        )
+
+        def augment_step(state):
+            owner, j0 = state
+            j1 = way[j0]
+            return owner.at[j0].set(owner[j1]), j1
+
+        owner, _ = jax.lax.while_loop(lambda s: s[1] != 0, augment_step, (owner, j0))
+        return u, v, owner, way
+
+    init = (
+        jnp.zeros((n + 1,), jnp.float32),
+        jnp.zeros((m + 1,), jnp.float32),
+        jnp.zeros((m + 1,), jnp.int32),
+        jnp.zeros((m + 1,), jnp.int32),
+    )
+    _, _, owner, _ = jax.lax.fori_loop(1, n + 1, add_row, init)
+    # owner[j] - 1 is the row of column j - 1; invert to the column of each row.
+    assigned = owner[1:] > 0
+    target_rows = jnp.where(assigned, owner[1:] - 1, n)  # unassigned columns go to a sink
+    col_of_row = jnp.zeros((n + 1,), jnp.int32).at[target_rows].set(jnp.arange(m, dtype=jnp.int32))
+    return col_of_row[:n]
+
+
+def hungarian_tpu_matcher(cost, num_valid_cols=None):
+    """Exact, pure JAX (no host callback): the Hungarian algorithm vmapped over the batch.
+
+    Runs in float32: totals equal SciPy's up to float32 rounding of the costs.
+    """
+    cost, transposed = _transpose_if_tall(prepare_costs(cost, num_valid_cols))
+    batch, n, _ = cost.shape
+    cols = jax.vmap(_hungarian_single)(cost)
+    rows = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (batch, n))
+    return _indices(rows, cols, transposed)
+
+
+def hungarian_scan_tpu_matcher(cost, num_valid_cols=None):
+    """Exact, pure JAX, one example at a time (`lax.map`): less memory than the vmap."""
+    cost, transposed = _transpose_if_tall(prepare_costs(cost, num_valid_cols))
+    batch, n, _ = cost.shape
+    cols = jax.lax.map(_hungarian_single, cost)
+    rows = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (batch, n))
+    return _indices(rows, cols, transposed)
+
+
+def _greedy_single(cost):
+    n, m = cost.shape
+    big = jnp.asarray(jnp.finfo(jnp.float32).max, jnp.float32)
+
+    def pick(_, state):
+        cost, col_of_row = state
+        flat = jnp.argmin(cost)
+        row, col = flat // m, flat % m
+        cost = cost.at[row, :].set(big).at[:, col].set(big)
+        return cost, col_of_row.at[row].set(col)
+
+    _, col_of_row = jax.lax.fori_loop(0, n, pick, (cost, jnp.zeros((n,), jnp.int32)))
+    return col_of_row
+
+
+def greedy_matcher(cost, num_valid_cols=None):
+    """Approximate: repeatedly takes the cheapest remaining (row, column) pair."""
+    cost, transposed = _transpose_if_tall(prepare_costs(cost, num_valid_cols))
+    batch, n, _ = cost.shape
+    cols = jax.vmap(_greedy_single)(cost).astype(jnp.int32)
+    rows = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (batch, n))
+    return _indices(rows, cols, transposed)
+
+
+def sinkhorn_matcher(cost, num_valid_cols=None, epsilon: float = 0.002, num_iters: int = 500):
+    """Approximate: entropic optimal transport (log-domain Sinkhorn), rounded greedily.
+
+    Costs are scaled to [0, 1] per example and `epsilon` is the entropic regulariser on that
+    scale. For N < M a zero-cost dummy row absorbs the M - N unmatched columns, so every
+    real row carries a full unit. The transport plan becomes a valid assignment through
+    `greedy_matcher` on -log(plan) (its optimality gap is in tools/bench_matchers.py).
+    """
+    cost, transposed = _transpose_if_tall(prepare_costs(cost, num_valid_cols))
+    batch, n, m = cost.shape
+    lo = jnp.min(cost, axis=(1, 2), keepdims=True)
+    hi = jnp.max(cost, axis=(1, 2), keepdims=True)
+    scaled = (cost - lo) / jnp.maximum(hi - lo, 1e-12)
+    if m > n:
+        scaled = jnp.concatenate([scaled, jnp.zeros((batch, 1, m))], axis=1)
+    log_k = -scaled / epsilon
+    row_mass = jnp.full((scaled.shape[1],), 1.0 / m).at[n:].set((m - n) / m)
+    log_a = jnp.broadcast_to(jnp.log(row_mass), (batch, scaled.shape[1]))
+    log_b = jnp.full((batch, m), -jnp.log(m), jnp.float32)
+
+    def iterate(_, potentials):
+        f, g = potentials
+        f = log_a - jax.nn.logsumexp(log_k + g[:, None, :], axis=2)
+        g = log_b - jax.nn.logsumexp(log_k + f[:, :, None], axis=1)
+        return f, g
+
+    f, g = jax.lax.fori_loop(0, num_iters, iterate, (jnp.zeros_like(log_a), jnp.zeros_like(log_b)))
+    log_plan = (log_k + f[:, :, None] + g[:, None, :])[:, :n]
+    cols = jax.vmap(_greedy_single)(-log_plan).astype(jnp.int32)
+    rows = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (batch, n))
+    return _indices(rows, cols, transposed)
+
+
+def lazy_matcher(cost, num_valid_cols=None):
+    """No optimisation: row i takes column i (a baseline and a debugging aid)."""
+    del num_valid_cols
+    batch, n, m = jnp.shape(cost)
+    k = min(n, m)
+    idx = jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (batch, k))
+    return jnp.stack([idx, idx], axis=1)
+
+
+MATCHERS = {
+    "hungarian_matcher": hungarian_matcher,
+    "hungarian_tpu_matcher": hungarian_tpu_matcher,
+    "hungarian_scan_tpu_matcher": hungarian_scan_tpu_matcher,
+    "greedy_matcher": greedy_matcher,
+    "sinkhorn_matcher": sinkhorn_matcher,
+    "lazy_matcher": lazy_matcher,
+}
