@@ -41,9 +41,14 @@ def _transpose_if_tall(cost):
     return (jnp.swapaxes(cost, -1, -2), True) if cost.shape[-2] > cost.shape[-1] else (cost, False)
 
 
-def _indices(rows, cols, transposed):
-    pairs = jnp.stack([cols, rows] if transposed else [rows, cols], axis=1)
-    return pairs.astype(jnp.int32)
+def _match(cost, num_valid_cols, solve_batch):
+    """Shared driver: prepare costs, solve `[B, n, m]` with n <= m for each row's column
+    (`solve_batch`), and return (row, column) pairs in the original orientation."""
+    cost, transposed = _transpose_if_tall(prepare_costs(cost, num_valid_cols))
+    batch, n, _ = cost.shape
+    cols = solve_batch(cost).astype(jnp.int32)
+    rows = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (batch, n))
+    return jnp.stack([cols, rows] if transposed else [rows, cols], axis=1)
 
 
 def _scipy_assignment(cost: np.ndarray) -> np.ndarray:
@@ -58,14 +63,12 @@ def _scipy_assignment(cost: np.ndarray) -> np.ndarray:
 
 def hungarian_matcher(cost, num_valid_cols=None):
     """Exact: SciPy's `linear_sum_assignment` on the host, through `jax.pure_callback`."""
-    cost, transposed = _transpose_if_tall(prepare_costs(cost, num_valid_cols))
-    batch, n, _ = cost.shape
-    cols = jax.pure_callback(
-        _scipy_assignment, jax.ShapeDtypeStruct((batch, n), jnp.int32), cost,
-        vmap_method="sequential",
-    )
-    rows = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (batch, n))
-    return _indices(rows, cols, transposed)
+
+    def solve(cost):
+        out = jax.ShapeDtypeStruct(cost.shape[:2], jnp.int32)
+        return jax.pure_callback(_scipy_assignment, out, cost, vmap_method="sequential")
+
+    return _match(cost, num_valid_cols, solve)
 
 
 def _hungarian_single(cost):
@@ -134,20 +137,12 @@ def hungarian_tpu_matcher(cost, num_valid_cols=None):
 
     Runs in float32: totals equal SciPy's up to float32 rounding of the costs.
     """
-    cost, transposed = _transpose_if_tall(prepare_costs(cost, num_valid_cols))
-    batch, n, _ = cost.shape
-    cols = jax.vmap(_hungarian_single)(cost)
-    rows = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (batch, n))
-    return _indices(rows, cols, transposed)
+    return _match(cost, num_valid_cols, jax.vmap(_hungarian_single))
 
 
 def hungarian_scan_tpu_matcher(cost, num_valid_cols=None):
     """Exact, pure JAX, one example at a time (`lax.map`): less memory than the vmap."""
-    cost, transposed = _transpose_if_tall(prepare_costs(cost, num_valid_cols))
-    batch, n, _ = cost.shape
-    cols = jax.lax.map(_hungarian_single, cost)
-    rows = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (batch, n))
-    return _indices(rows, cols, transposed)
+    return _match(cost, num_valid_cols, lambda cost: jax.lax.map(_hungarian_single, cost))
 
 
 def _greedy_single(cost):
@@ -167,11 +162,7 @@ def _greedy_single(cost):
 
 def greedy_matcher(cost, num_valid_cols=None):
     """Approximate: repeatedly takes the cheapest remaining (row, column) pair."""
-    cost, transposed = _transpose_if_tall(prepare_costs(cost, num_valid_cols))
-    batch, n, _ = cost.shape
-    cols = jax.vmap(_greedy_single)(cost).astype(jnp.int32)
-    rows = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (batch, n))
-    return _indices(rows, cols, transposed)
+    return _match(cost, num_valid_cols, jax.vmap(_greedy_single))
 
 
 def sinkhorn_matcher(cost, num_valid_cols=None, epsilon: float = 0.002, num_iters: int = 500):
@@ -182,7 +173,10 @@ def sinkhorn_matcher(cost, num_valid_cols=None, epsilon: float = 0.002, num_iter
     real row carries a full unit. The transport plan becomes a valid assignment through
     `greedy_matcher` on -log(plan) (its optimality gap is in tools/bench_matchers.py).
     """
-    cost, transposed = _transpose_if_tall(prepare_costs(cost, num_valid_cols))
+    return _match(cost, num_valid_cols, lambda c: _sinkhorn_columns(c, epsilon, num_iters))
+
+
+def _sinkhorn_columns(cost, epsilon: float, num_iters: int):
     batch, n, m = cost.shape
     lo = jnp.min(cost, axis=(1, 2), keepdims=True)
     hi = jnp.max(cost, axis=(1, 2), keepdims=True)
@@ -202,9 +196,7 @@ def sinkhorn_matcher(cost, num_valid_cols=None, epsilon: float = 0.002, num_iter
 
     f, g = jax.lax.fori_loop(0, num_iters, iterate, (jnp.zeros_like(log_a), jnp.zeros_like(log_b)))
     log_plan = (log_k + f[:, :, None] + g[:, None, :])[:, :n]
-    cols = jax.vmap(_greedy_single)(-log_plan).astype(jnp.int32)
-    rows = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (batch, n))
-    return _indices(rows, cols, transposed)
+    return jax.vmap(_greedy_single)(-log_plan)
 
 
 def lazy_matcher(cost, num_valid_cols=None):
