@@ -91,3 +91,64 @@ def sum_and_normalizer(values: jnp.ndarray, weights: jnp.ndarray | None, axis_na
     if axis_name is not None:
         pair = jax.lax.psum(pair, axis_name)
     return pair
+
+
+def sigmoid_focal_loss(logits, targets, alpha: float | None = 0.25, gamma: float = 2.0):
+    """Per-element sigmoid focal loss (Lin et al., 2017): BCE scaled by (1 - p_t) ** gamma,
+    weighted alpha for positives and 1 - alpha for negatives (no weighting if alpha is None)."""
+    p = jax.nn.sigmoid(logits)
+    bce = -(targets * jax.nn.log_sigmoid(logits) + (1 - targets) * jax.nn.log_sigmoid(-logits))
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = bce * (1 - p_t) ** gamma
+    if alpha is not None:
+        loss = loss * (alpha * targets + (1 - alpha) * (1 - targets))
+    return loss
+
+
+def softmax_focal_loss(logits, targets, gamma: float = 2.0):
+    """Per-example softmax focal loss: cross-entropy with each class term scaled by
+    (1 - p_c) ** gamma."""
+    log_p = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.sum(targets * (1 - jnp.exp(log_p)) ** gamma * log_p, axis=-1)
+
+
+def topk_correct(logits, targets, k: int) -> jnp.ndarray:
+    """1.0 where the arg-max class of `targets` is among the `k` highest logits."""
+    label = jnp.argmax(targets, axis=-1)
+    top = jax.lax.top_k(logits, k)[1]
+    return jnp.any(top == label[..., None], axis=-1).astype(jnp.float32)
+
+
+def precision_at_k(logits, multi_hot, k: int) -> jnp.ndarray:
+    """Per example: the fraction of the `k` highest-scoring classes that are positives."""
+    top = jax.lax.top_k(logits, k)[1]
+    return jnp.mean(jnp.take_along_axis(multi_hot, top, axis=-1).astype(jnp.float32), axis=-1)
+
+
+def dice_loss(logits, targets, eps: float = 1.0):
+    """Per-example soft Dice loss on sigmoid probabilities, over all non-batch axes."""
+    p = jax.nn.sigmoid(logits).reshape(logits.shape[0], -1)
+    t = targets.reshape(targets.shape[0], -1).astype(p.dtype)
+    return 1.0 - (2.0 * jnp.sum(p * t, -1) + eps) / (jnp.sum(p, -1) + jnp.sum(t, -1) + eps)
+
+
+def l1_loss(predictions, targets):
+    """Per-example sum of absolute differences over all non-batch axes."""
+    diff = jnp.abs(predictions - targets)
+    return diff.reshape(diff.shape[0], -1).sum(-1)
+
+
+def l2_loss(predictions, targets):
+    """Per-example sum of squared differences over all non-batch axes."""
+    diff = jnp.square(predictions - targets)
+    return diff.reshape(diff.shape[0], -1).sum(-1)
+
+
+def confusion_matrix(labels, predictions, num_classes: int, weights=None) -> jnp.ndarray:
+    """`[num_classes, num_classes]` counts, rows true class, columns predicted; entries with
+    weight 0 (padding) are not counted. Sums across devices like the metric pairs."""
+    labels, predictions = labels.reshape(-1), predictions.reshape(-1)
+    w = jnp.ones(labels.shape, jnp.float32) if weights is None else weights.reshape(-1)
+    flat = labels * num_classes + predictions
+    counts = jnp.zeros((num_classes * num_classes,), jnp.float32).at[flat].add(w)
+    return counts.reshape(num_classes, num_classes)
