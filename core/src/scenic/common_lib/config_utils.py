@@ -50,7 +50,7 @@ def load_config(spec: str, config_package: str | None = None) -> ml_collections.
     else:
         known = list_configs(config_package) if config_package else []
         if name not in known:
-            hint = _did_you_mean(name, known)
+            hint = did_you_mean(name, known)
             raise ConfigError(
                 f"Unknown config {name!r}.{hint} Known configs: {', '.join(known) or 'none'}; "
                 "or pass a path to a .py file."
@@ -87,13 +87,13 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
             if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
                 raise ConfigError(
                     f"Unknown config key {'.'.join(parents[: depth + 1])!r} in override {item!r}."
-                    + _did_you_mean(part, list(node.keys()))
+                    + did_you_mean(part, list(node.keys()))
                 )
             node = node[part]
         if leaf not in node:
             raise ConfigError(
                 f"Unknown config key {key!r} in override {item!r}."
-                + _did_you_mean(leaf, list(node.keys()))
+                + did_you_mean(leaf, list(node.keys()))
             )
         value = parse_override_value(text)
         current = node[leaf]
@@ -107,7 +107,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
             node[leaf] = value
 
 
-def _did_you_mean(name: str, candidates: Iterable[str]) -> str:
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """A " Did you mean 'x'?" hint naming the closest candidate, or "" if none is close."""
     close = difflib.get_close_matches(name, list(candidates), n=1)
     return f" Did you mean {close[0]!r}?" if close else ""
 
@@ -125,7 +126,7 @@ def check_keys(
         if key not in allowed:
             raise ConfigError(
                 f"Unknown config key {where + '.' if where else ''}{key}: nothing reads it."
-                f"{_did_you_mean(key, allowed)} Allowed here: {', '.join(sorted(allowed))}."
+                f"{did_you_mean(key, allowed)} Allowed here: {', '.join(sorted(allowed))}."
             )
 
 

@@ -11,7 +11,6 @@ model, data set, trainer, optimizer or schedule names are errors that name the p
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import logging
 import os
@@ -46,8 +45,7 @@ def resolve_config(config: ml_collections.ConfigDict, models: dict[str, type]):
 
     name = config.get("model_name", "")
     if name not in models:
-        close = difflib.get_close_matches(str(name), list(models), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = config_utils.did_you_mean(str(name), models)
         known = ", ".join(sorted(models))
         raise ConfigError(f"Unknown model_name {name!r}.{hint} Known: {known}.")
     model_cls = models[name]

@@ -6,9 +6,10 @@ imported until a data set is built. Projects add their own with `register_datase
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Callable
+
+from scenic.common_lib.config_utils import did_you_mean
 
 _BUILTIN = {
     "digits": "scenic.dataset_lib.digits_dataset:build_digits",
@@ -45,10 +46,9 @@ def get_dataset_builder(name: str) -> Callable:
     if name in _BUILTIN:
         module_name, attr = _BUILTIN[name].split(":")
         return getattr(importlib.import_module(module_name), attr)
-    close = difflib.get_close_matches(name, list_datasets(), n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
     raise UnknownDatasetError(
-        f"Unknown data set {name!r}.{hint} Registered: {', '.join(list_datasets())}."
+        f"Unknown data set {name!r}.{did_you_mean(name, list_datasets())} "
+        f"Registered: {', '.join(list_datasets())}."
     )
 
 
