@@ -38,7 +38,8 @@ class SegmentationModel(BaseModel):
 
     def loss_function(self, logits, batch, model_params=None):
         labels = batch["label"]
-        weights = self.pixel_weights(batch)
+        real = self.pixel_weights(batch)
+        weights = real
         factor = self.config.get("class_rebalancing_factor") or 0.0
         if factor:
             counts = jnp.sum(
@@ -55,22 +56,23 @@ class SegmentationModel(BaseModel):
         per_pixel = model_utils.softmax_cross_entropy(
             logits, jax.nn.one_hot(labels, self.num_classes)
         )
-        loss = jnp.sum(per_pixel * weights) / jnp.maximum(jnp.sum(self.pixel_weights(batch)), 1e-8)
+        loss = jnp.sum(per_pixel * weights) / jnp.maximum(jnp.sum(real), 1e-8)
         return loss + self.l2_term(model_params)
 
     def get_metrics(self, logits, batch, axis_name=None):
         """Pixel accuracy and loss as (sum, normalizer) over real pixels."""
-        weights = self.pixel_weights(batch)
+        weights = self.pixel_weights(batch).reshape(-1)
         labels = batch["label"]
-        correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-        ce = model_utils.softmax_cross_entropy(logits, jax.nn.one_hot(labels, self.num_classes))
-        pairs = {
-            "pixel_accuracy": (jnp.sum(correct * weights), jnp.sum(weights)),
-            "loss": (jnp.sum(ce * weights), jnp.sum(weights)),
+        per_pixel = {
+            "pixel_accuracy": (jnp.argmax(logits, -1) == labels).astype(jnp.float32),
+            "loss": model_utils.softmax_cross_entropy(
+                logits, jax.nn.one_hot(labels, self.num_classes)
+            ),
         }
-        if axis_name is not None:
-            pairs = jax.lax.psum(pairs, axis_name)
-        return pairs
+        return {
+            name: model_utils.sum_and_normalizer(values.reshape(-1), weights, axis_name)
+            for name, values in per_pixel.items()
+        }
 
     def confusion_matrix(self, logits, batch, axis_name=None):
         matrix = model_utils.confusion_matrix(
