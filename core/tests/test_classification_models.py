@@ -12,8 +12,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from scenic.model_lib.base_model import BaseModel
-from scenic.model_lib.classification_model import (
+from scenic.model_lib.base_models.base_model import BaseModel
+from scenic.model_lib.base_models.classification_model import (
     ClassificationModel,
     MultiLabelClassificationModel,
 )

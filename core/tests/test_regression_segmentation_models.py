@@ -6,8 +6,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from scenic.model_lib.regression_model import RegressionModel
-from scenic.model_lib.segmentation_model import SegmentationModel, iou_from_confusion
+from scenic.model_lib.base_models.regression_model import RegressionModel
+from scenic.model_lib.base_models.segmentation_model import SegmentationModel, iou_from_confusion
 
 RNG = np.random.default_rng(0)
 

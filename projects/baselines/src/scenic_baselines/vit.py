@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from scenic.model_lib import layers
-from scenic.model_lib.classification_model import (
+from scenic.model_lib.base_models.classification_model import (
     ClassificationModel,
     MultiLabelClassificationModel,
 )

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from scenic.model_lib import model_utils
-from scenic.model_lib.base_model import BaseModel
+from scenic.model_lib.base_models.base_model import BaseModel
 
 
 class SegmentationModel(BaseModel):

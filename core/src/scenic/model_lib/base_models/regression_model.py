@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from scenic.model_lib import model_utils
-from scenic.model_lib.base_model import BaseModel
+from scenic.model_lib.base_models.base_model import BaseModel
 
 
 class RegressionModel(BaseModel):
