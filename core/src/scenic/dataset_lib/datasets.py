@@ -14,6 +14,8 @@ from scenic.common_lib.config_utils import did_you_mean
 _BUILTIN = {
     "digits": "scenic.dataset_lib.digits_dataset:build_digits",
     "imagenet2012": "scenic.dataset_lib.tfds_classification:build_imagenet2012",
+    "moving_digits": "scenic.dataset_lib.moving_digits:build_moving_digits",
+    "video_tfrecord": "scenic.dataset_lib.video_dataset:build_video_tfrecord",
 }
 _REGISTERED: dict[str, Callable] = {}
 
