@@ -12,8 +12,12 @@ from collections.abc import Callable
 from scenic.common_lib.config_utils import did_you_mean
 
 _BUILTIN = {
+    "cifar10": "scenic.dataset_lib.tfds_classification:build_cifar10",
+    "cifar100": "scenic.dataset_lib.tfds_classification:build_cifar100",
     "digits": "scenic.dataset_lib.digits_dataset:build_digits",
+    "fashion_mnist": "scenic.dataset_lib.tfds_classification:build_fashion_mnist",
     "imagenet2012": "scenic.dataset_lib.tfds_classification:build_imagenet2012",
+    "mnist": "scenic.dataset_lib.tfds_classification:build_mnist",
     "moving_digits": "scenic.dataset_lib.moving_digits:build_moving_digits",
     "video_tfrecord": "scenic.dataset_lib.video_dataset:build_video_tfrecord",
 }
