@@ -1,4 +1,5 @@
-"""MLP block, position embeddings and stochastic depth."""
+"""MLP block, position embeddings, stochastic depth, residual wrappers and small layers
+(squeeze-and-excite, affine, identity)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from scenic.model_lib.layers.masked_layers import masked_avg_pool
 
 
 class MlpBlock(nn.Module):
@@ -96,3 +99,80 @@ def sincos_position_embedding_2d(height: int, width: int, dim: int, max_period: 
         [np.sin(x_angles), np.cos(x_angles), np.sin(y_angles), np.cos(y_angles)], axis=1
     )
     return jnp.asarray(embedding[None], jnp.float32)
+
+
+class Identity(nn.Module):
+    """Returns its input. Give it a name to tag a tensor for `capture_intermediates`."""
+
+    @nn.compact
+    def __call__(self, x):
+        return x
+
+
+class Affine(nn.Module):
+    """Learned per-channel `x * scale + bias` (ResMLP's Affine; LayerScale with no bias)."""
+
+    use_bias: bool = True
+    scale_init: Callable = nn.initializers.ones
+    bias_init: Callable = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x):
+        x = x * self.param("scale", self.scale_init, (x.shape[-1],)).astype(x.dtype)
+        if self.use_bias:
+            x = x + self.param("bias", self.bias_init, (x.shape[-1],)).astype(x.dtype)
+        return x
+
+
+class SqueezeAndExcite(nn.Module):
+    """Channel gating from globally pooled features (Hu et al., 2018):
+    `x * gate(Dense(act(Dense(mean(x)))))`, pooling over every axis between batch and channels.
+
+    With a `mask` (`x.shape[:-1]`, 1 at real positions) the pooling ignores padding.
+    """
+
+    reduction: int = 4
+    activation: Callable = nn.relu
+    gate: Callable = nn.sigmoid
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x, mask=None):
+        if x.ndim < 3:
+            raise ValueError(f"SqueezeAndExcite expects [batch, ..., channels], got {x.shape}.")
+        channels = x.shape[-1]
+        pooled = x.mean(tuple(range(1, x.ndim - 1))) if mask is None else masked_avg_pool(x, mask)
+        hidden = nn.Dense(max(1, channels // self.reduction), dtype=self.dtype, name="reduce")
+        gates = self.gate(
+            nn.Dense(channels, dtype=self.dtype, name="expand")(self.activation(hidden(pooled)))
+        )
+        return x * gates.reshape((x.shape[0],) + (1,) * (x.ndim - 2) + (channels,)).astype(x.dtype)
+
+
+class Residual(nn.Module):
+    """`x + branch(x)` with LayerNorm where the architecture wants it.
+
+    norm: 'pre' gives `x + drop(layer(LN(x)))` (ViT, pre-LN Transformer); 'post' gives
+    `LN(x + drop(layer(x)))` (original Transformer, BERT); None gives `x + drop(layer(x))`.
+    `drop` is dropout then stochastic depth. The branch is called as
+    `layer(h, *args, **kwargs)`, plus `deterministic=` when `forward_deterministic`.
+    """
+
+    layer: nn.Module
+    norm: str | None = "pre"
+    dropout_rate: float = 0.0
+    stochastic_depth: float = 0.0
+    forward_deterministic: bool = True
+    epsilon: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x, *args, deterministic: bool = True, **kwargs):
+        if self.norm not in ("pre", "post", None):
+            raise ValueError(f"Residual: norm must be 'pre', 'post' or None, got {self.norm!r}.")
+        if self.forward_deterministic:
+            kwargs["deterministic"] = deterministic
+        h = nn.LayerNorm(epsilon=self.epsilon, name="norm")(x) if self.norm == "pre" else x
+        y = self.layer(h, *args, **kwargs)
+        y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+        y = x + StochasticDepth(self.stochastic_depth)(y, deterministic=deterministic)
+        return nn.LayerNorm(epsilon=self.epsilon, name="norm")(y) if self.norm == "post" else y
