@@ -1,0 +1,237 @@
+"""Initialise a model from pretrained parameters (fine-tuning, higher-resolution training).
+
+Parameters are matched by '/'-joined names ('Transformer/encoderblock_0/.../kernel').
+Sources: a scenic workdir or Orbax checkpoint directory (only `params` is read), or a flat
+`.npz` whose keys are '/'-joined names, as the published ViT checkpoints are.
+
+`init_from(fresh, restored, ...)`:
+  - `rename`: ((regex, replacement), ...) applied in order with `re.sub` to checkpoint names;
+  - `reinit`: regexes (full match): model params kept fresh (a new head), and checkpoint
+    arrays dropped (e.g. 'pre_logits/.*');
+  - position embeddings (names fully matching `posemb`) whose token count differs are
+    resampled as big_vision's `resample_posemb` does: bilinear (scipy.ndimage.zoom order=1)
+    over the square patch grid, prefix (class) tokens kept;
+  - every other shape mismatch, model param missing from the checkpoint (unless
+    `allow_missing`) and unused checkpoint array (unless `allow_unused`) is an error that
+    lists them all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+import re
+from collections.abc import Mapping
+
+import flax.traverse_util
+import jax
+import ml_collections
+import numpy as np
+
+from scenic.common_lib.config_utils import ConfigError, check_keys
+
+CONFIG_KEYS = ("checkpoint", "rename", "reinit", "posemb", "allow_missing", "allow_unused")
+POSEMB = r"(.*/)?pos_embedding"
+
+
+class PretrainedInitError(ValueError):
+    """The checkpoint does not fit the model; the message lists every problem."""
+
+
+@dataclasses.dataclass
+class InitSummary:
+    loaded: list[str] = dataclasses.field(default_factory=list)
+    resized: dict[str, tuple] = dataclasses.field(default_factory=dict)  # name: (old, new)
+    reinitialised: list[str] = dataclasses.field(default_factory=list)
+    missing: list[str] = dataclasses.field(default_factory=list)  # kept fresh
+    skipped: list[str] = dataclasses.field(default_factory=list)  # dropped by `reinit`
+    unused: list[str] = dataclasses.field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"loaded {len(self.loaded)} arrays"]
+        lines += [f"resized {k}: {old} -> {new}" for k, (old, new) in self.resized.items()]
+        for label in ("reinitialised", "missing", "skipped", "unused"):
+            if getattr(self, label):
+                lines.append(f"{label}: {', '.join(getattr(self, label))}")
+        return "; ".join(lines)
+
+
+def load_params(path: str | pathlib.Path) -> dict[str, np.ndarray]:
+    """Flat {'/'-joined name: array} from an .npz file or a scenic/Orbax checkpoint dir
+    (a workdir, its `checkpoints` dir (latest step), or one step's directory)."""
+    path = pathlib.Path(path)
+    if path.is_file():
+        if path.suffix != ".npz":
+            raise PretrainedInitError(f"Pretrained file {path} is not an .npz file.")
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    if not path.is_dir():
+        raise PretrainedInitError(f"Pretrained checkpoint {path} does not exist.")
+    if (path / "checkpoints").is_dir():
+        path = path / "checkpoints"
+    steps = [p for p in path.iterdir() if p.is_dir() and p.name.isdigit()]
+    if steps:
+        path = max(steps, key=lambda p: int(p.name))
+    if (path / "default").is_dir():
+        path = path / "default"
+    return _restore_orbax_params(path)
+
+
+def _restore_orbax_params(path: pathlib.Path) -> dict[str, np.ndarray]:
+    import orbax.checkpoint as ocp
+
+    checkpointer = ocp.PyTreeCheckpointer()
+    try:
+        metadata = checkpointer.metadata(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise PretrainedInitError(f"No Orbax checkpoint found at {path}: {e}") from e
+    tree = getattr(metadata, "item_metadata", metadata)
+    tree = getattr(tree, "tree", tree)
+    if "params" in tree:  # a scenic train state: read only the parameters
+        tree = {"params": tree["params"]}
+    item = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), tree)
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    restored = checkpointer.restore(
+        path, args=ocp.args.PyTreeRestore(item, restore_args=restore_args, partial_restore=True)
+    )
+    return flatten(restored.get("params", restored))
+
+
+def flatten(tree) -> dict[str, np.ndarray]:
+    """{'/'-joined name: array} from a nested (or already flat) dict."""
+    if not any(isinstance(v, Mapping) for v in tree.values()):
+        return dict(tree)
+    return flax.traverse_util.flatten_dict(tree, sep="/")
+
+
+def init_from(
+    params,
+    restored,
+    *,
+    rename=(),
+    reinit=(),
+    posemb: str = POSEMB,
+    allow_missing: bool = False,
+    allow_unused: bool = False,
+):
+    """Returns (params with the pretrained arrays copied in, InitSummary).
+
+    `params`: the fresh nested params; `restored`: nested or flat ('/'-joined) arrays.
+    """
+    fresh = flatten(params)
+    source = _renamed(flatten(restored), rename)
+    for pattern in reinit:
+        if not any(re.fullmatch(pattern, n) for n in (*fresh, *source)):
+            raise PretrainedInitError(
+                f"reinit pattern {pattern!r} matches no model parameter or checkpoint array."
+            )
+
+    def is_reinit(name):
+        return any(re.fullmatch(p, name) for p in reinit)
+
+    summary, out, problems = InitSummary(), {}, []
+    for name, value in fresh.items():
+        out[name] = value
+        if is_reinit(name):
+            summary.reinitialised.append(name)
+        elif name not in source:
+            summary.missing.append(name)
+            if not allow_missing:
+                problems.append(f"{name}: missing in checkpoint (model {np.shape(value)})")
+        elif np.shape(source[name]) == np.shape(value):
+            out[name] = np.asarray(source[name]).astype(value.dtype)
+            summary.loaded.append(name)
+        else:
+            resized = _resize_posemb(source[name], value) if re.fullmatch(posemb, name) else None
+            if resized is None:
+                problems.append(
+                    f"{name}: checkpoint {np.shape(source[name])} != model {np.shape(value)}"
+                )
+            else:
+                out[name] = resized.astype(value.dtype)
+                summary.resized[name] = (np.shape(source[name]), np.shape(value))
+    for name in source:
+        if is_reinit(name):
+            summary.skipped.append(name)
+        elif name not in fresh:
+            summary.unused.append(name)
+    if summary.unused and not allow_unused:
+        problems += [f"{name}: in checkpoint, not used by the model" for name in summary.unused]
+    if problems:
+        raise PretrainedInitError(
+            f"Pretrained parameters do not fit the model ({len(problems)} problems):\n  "
+            + "\n  ".join(problems)
+            + "\nUse init_from.rename / reinit / allow_missing / allow_unused as intended."
+        )
+    return flax.traverse_util.unflatten_dict(out, sep="/"), summary
+
+
+def _renamed(source: dict, rules) -> dict:
+    for pattern, replacement in rules:
+        if not any(re.search(pattern, n) for n in source):
+            raise PretrainedInitError(f"rename pattern {pattern!r} matches no checkpoint name.")
+        renamed = {re.sub(pattern, replacement, n): v for n, v in source.items()}
+        if len(renamed) != len(source):
+            raise PretrainedInitError(
+                f"rename rule ({pattern!r}, {replacement!r}) maps two checkpoint names to one."
+            )
+        source = renamed
+    return source
+
+
+def _resize_posemb(old, new) -> np.ndarray | None:
+    """Resampled [1, P + g*g, D] table, or None when the shapes are no square-grid pair."""
+    old, (lead, n_new, width) = np.asarray(old), np.shape(new)
+    if old.ndim != 3 or old.shape[0] != lead or old.shape[2] != width:
+        return None
+    for prefix in range(min(old.shape[1], n_new, 17)):  # smallest prefix making both square
+        g_old, g_new = math.isqrt(old.shape[1] - prefix), math.isqrt(n_new - prefix)
+        if g_old**2 == old.shape[1] - prefix and g_new**2 == n_new - prefix:
+            return resample_posemb(old, (g_new, g_new), num_prefix_tokens=prefix)
+    return None
+
+
+def resample_posemb(posemb, new_grid, num_prefix_tokens: int = 0, old_grid=None) -> np.ndarray:
+    """[1, P + h*w, D] -> [1, P + H*W, D]: bilinear resize of the (h, w) grid part with the
+    corner-aligned sampling of scipy.ndimage.zoom(order=1); the P prefix tokens are kept."""
+    posemb = np.asarray(posemb, np.float64)
+    prefix, grid = posemb[:, :num_prefix_tokens], posemb[0, num_prefix_tokens:]
+    if old_grid is None:
+        side = math.isqrt(grid.shape[0])
+        old_grid = (side, side)
+    if old_grid[0] * old_grid[1] != grid.shape[0]:
+        raise ValueError(f"posemb grid of {grid.shape[0]} tokens is not {old_grid}.")
+    grid = grid.reshape(*old_grid, -1)
+    for axis, size in enumerate(new_grid):
+        grid = _linear_resize(grid, size, axis)
+    return np.concatenate([prefix, grid.reshape(1, -1, grid.shape[-1])], axis=1)
+
+
+def _linear_resize(x: np.ndarray, size: int, axis: int) -> np.ndarray:
+    n = x.shape[axis]
+    pos = np.arange(size) * ((n - 1) / (size - 1) if size > 1 else 0.0)
+    lo = np.clip(np.floor(pos).astype(int), 0, n - 1)
+    hi = np.minimum(lo + 1, n - 1)
+    shape = [1] * x.ndim
+    shape[axis] = size
+    w = (pos - lo).reshape(shape)
+    return np.take(x, lo, axis) * (1 - w) + np.take(x, hi, axis) * w
+
+
+def from_config(params, config: ml_collections.ConfigDict | None):
+    """Applies `config.init_from` (keys: checkpoint, rename, reinit, posemb, allow_missing,
+    allow_unused) to fresh `params`; returns (params, InitSummary or None if unset)."""
+    if not config or not config.get("checkpoint"):
+        if config:
+            check_keys(config, CONFIG_KEYS, "init_from")
+        return params, None
+    check_keys(config, CONFIG_KEYS, "init_from")
+    settings = config.to_dict()
+    restored = load_params(settings.pop("checkpoint"))
+    rename = settings.pop("rename", ())
+    if any(isinstance(r, str) or len(r) != 2 for r in rename):
+        raise ConfigError(f"init_from.rename must be ((regex, replacement), ...), got {rename!r}.")
+    reinit = settings.pop("reinit", ())
+    reinit = (reinit,) if isinstance(reinit, str) else tuple(reinit)
+    return init_from(params, restored, rename=rename, reinit=reinit, **settings)
