@@ -14,7 +14,9 @@ from scenic.common_lib.config_utils import did_you_mean
 _BUILTIN = {
     "cifar10": "scenic.dataset_lib.tfds_classification:build_cifar10",
     "cifar100": "scenic.dataset_lib.tfds_classification:build_cifar100",
+    "coco": "scenic.dataset_lib.detection_dataset:build_coco_detection",
     "digits": "scenic.dataset_lib.digits_dataset:build_digits",
+    "digits_detection": "scenic.dataset_lib.digits_detection:build_digits_detection",
     "fashion_mnist": "scenic.dataset_lib.tfds_classification:build_fashion_mnist",
     "imagenet2012": "scenic.dataset_lib.tfds_classification:build_imagenet2012",
     "mnist": "scenic.dataset_lib.tfds_classification:build_mnist",

@@ -1,0 +1,290 @@
+"""COCO-style object detection from TensorFlow Datasets (coco/2017, LVIS, digits_detection).
+
+Reads any TFDS data set with coco/2017's features (`image`, `image/id`, `objects/bbox` in
+normalised yxyx, `objects/label`, optionally `objects/is_crowd`, `objects/area`) and, where
+present, LVIS's per-image `not_exhaustive_category_ids` and `neg_category_ids`.
+
+Batch format (NumPy; B host batch, S = `image_size`, N = `max_boxes`, C = number of classes):
+
+  inputs         [B, S, S, 3] float32  pixels in [-1, 1]; the image sits in the top-left
+                                       corner of the S x S canvas, the rest is 0.
+  padding_mask   [B, S, S] float32     1 on image pixels, 0 on canvas padding.
+  label:
+    labels       [B, N] int32          class ids; 0 in padding rows.
+    boxes        [B, N, 4] float32     cxcywh, normalised by the canvas size S (so they
+                                       address `inputs` directly); 0 in padding rows.
+    box_mask     [B, N] float32        1 for a real box, 0 for padding.
+    is_crowd     [B, N] bool           COCO crowd annotations (False where the data has none).
+    area         [B, N] float32        annotated area in pixels of the original image, as
+                                       read (train augmentation does not update it).
+    image/id     [B] int64
+    orig_size    [B, 2] int32          (height, width) of the original image.
+    size         [B, 2] int32          (height, width) of the image inside the canvas.
+    not_exhaustive_category_ids, neg_category_ids
+                 [B, C] int32          class ids padded with -1; only if the data set has them.
+  batch_mask     [B] float32           1 for a real example, 0 for eval padding.
+
+Boxes are clipped to the image; boxes narrower or shorter than `MIN_BOX_SIZE` of the image
+(degenerate annotations, or boxes a crop cut away) are dropped, and only the first N kept.
+In eval, a box maps back to original pixels as `box * S * orig_size / size` (per axis).
+
+Train: random horizontal flip, scale jitter (the longer side resized to S times a uniform
+factor in [min_scale, max_scale]), a random crop of at most S x S, then padding to S x S.
+The randomness is a function of (seed, host, position in the host's stream), so
+`train_batches(start_step)` is the same stream resumed. Resuming skips `start_step`
+batches by reading them, as in `tfds_classification`. Eval: resize the longer side to S,
+pad, and pad to full batches with `batch_mask` (every host yields `num_eval_batches`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from scenic.dataset_lib import dataset_utils
+from scenic.dataset_lib.tfds_classification import load_builder
+
+MIN_BOX_SIZE = 1e-4  # box width / height below this fraction of the image count as empty
+OBJECT_KEYS = ("boxes", "labels", "is_crowd", "area")
+CATEGORY_LIST_KEYS = ("not_exhaustive_category_ids", "neg_category_ids")
+
+
+def has_area(boxes):
+    """Which normalised yxyx boxes `[n, 4]` have both sides of at least MIN_BOX_SIZE."""
+    return (boxes[:, 2] - boxes[:, 0] >= MIN_BOX_SIZE) & (boxes[:, 3] - boxes[:, 1] >= MIN_BOX_SIZE)
+
+
+def keep_objects(example: dict, keep) -> dict:
+    import tensorflow as tf
+
+    return {k: tf.boolean_mask(v, keep) if k in OBJECT_KEYS else v for k, v in example.items()}
+
+
+def decode_example(example: dict, image_feature) -> dict:
+    """TFDS example (image still encoded) -> image (uint8), clipped yxyx boxes, labels, ...
+
+    Images are decoded here, after the shuffle buffer, which so holds encoded images only.
+    """
+    import tensorflow as tf
+
+    objects = example["objects"]
+    boxes = tf.reshape(tf.cast(objects["bbox"], tf.float32), [-1, 4])
+    boxes = tf.clip_by_value(boxes, 0.0, 1.0)
+    num = tf.shape(boxes)[0]
+    image = image_feature.decode_example(example["image"])
+    decoded = {
+        "image": image,
+        "boxes": boxes,
+        "labels": tf.cast(objects["label"], tf.int32),
+        "is_crowd": tf.cast(objects["is_crowd"], tf.bool)
+        if "is_crowd" in objects
+        else tf.zeros([num], tf.bool),
+        "area": tf.cast(objects["area"], tf.float32)
+        if "area" in objects
+        else tf.zeros([num], tf.float32),
+        "image/id": tf.cast(example["image/id"], tf.int64),
+        "orig_size": tf.shape(image)[:2],
+    }
+    for key in CATEGORY_LIST_KEYS:
+        if key in example:
+            decoded[key] = tf.cast(example[key], tf.int32)
+    return keep_objects(decoded, has_area(boxes))
+
+
+def flip_left_right(image, boxes):
+    """Mirrors the image and its normalised yxyx boxes (x -> 1 - x)."""
+    import tensorflow as tf
+
+    y0, x0, y1, x1 = tf.unstack(boxes, axis=-1)
+    return image[:, ::-1], tf.stack([y0, 1.0 - x1, y1, 1.0 - x0], axis=-1)
+
+
+def resize_longer_side(image, size):
+    """Bilinear resize keeping the aspect ratio, longer side to `size` pixels (float32 out).
+
+    Normalised boxes stay valid: they are relative to the image, whatever its size.
+    """
+    import tensorflow as tf
+
+    hw = tf.cast(tf.shape(image)[:2], tf.float32)
+    new_hw = tf.cast(tf.round(hw * tf.cast(size, tf.float32) / tf.reduce_max(hw)), tf.int32)
+    return tf.image.resize(image, tf.maximum(new_hw, 1), method="bilinear")
+
+
+def crop(image, boxes, top, left, height, width):
+    """Crops `image[top:top+height, left:left+width]` and re-expresses its boxes.
+
+    Boxes (normalised yxyx of the uncropped image) become normalised to the crop, clipped
+    to it; also returns which of them keep an area (`has_area`).
+    """
+    import tensorflow as tf
+
+    hw = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = tf.stack([hw[0], hw[1], hw[0], hw[1]])
+    offset = tf.cast(tf.stack([top, left, top, left]), tf.float32)
+    size = tf.cast(tf.stack([height, width, height, width]), tf.float32)
+    boxes = tf.clip_by_value((boxes * scale - offset) / size, 0.0, 1.0)
+    return image[top : top + height, left : left + width], boxes, has_area(boxes)
+
+
+def pad_to_canvas(image, example: dict, image_size: int, max_boxes: int, num_classes: int):
+    """Float image (0..255) inside an S x S canvas; boxes to canvas-normalised cxcywh, padded."""
+    import tensorflow as tf
+
+    hw = tf.shape(image)[:2]
+    inputs = tf.image.pad_to_bounding_box(image / 127.5 - 1.0, 0, 0, image_size, image_size)
+    padding_mask = tf.image.pad_to_bounding_box(
+        tf.ones(tf.concat([hw, [1]], 0), tf.float32), 0, 0, image_size, image_size
+    )[..., 0]
+    fraction = tf.cast(hw, tf.float32) / image_size
+    y0, x0, y1, x1 = tf.unstack(example["boxes"] * tf.tile(fraction, [2]), axis=-1)
+    boxes = tf.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], axis=-1)
+    num = tf.shape(boxes)[0]
+
+    def pad_objects(x, value=0):
+        x = x[:max_boxes]
+        pad = [[0, max_boxes - tf.shape(x)[0]]] + [[0, 0]] * (x.shape.rank - 1)
+        return tf.ensure_shape(tf.pad(x, pad, constant_values=value), [max_boxes, *x.shape[1:]])
+
+    label = {
+        "labels": pad_objects(example["labels"]),
+        "boxes": pad_objects(boxes),
+        "box_mask": pad_objects(tf.ones([num], tf.float32)),
+        "is_crowd": pad_objects(example["is_crowd"], False),
+        "area": pad_objects(example["area"]),
+        "image/id": example["image/id"],
+        "orig_size": tf.cast(example["orig_size"], tf.int32),
+        "size": tf.cast(hw, tf.int32),
+    }
+    for key in CATEGORY_LIST_KEYS:
+        if key in example:
+            ids = example[key][:num_classes]
+            ids = tf.pad(ids, [[0, num_classes - tf.shape(ids)[0]]], constant_values=-1)
+            label[key] = tf.ensure_shape(ids, [num_classes])
+    return {
+        "inputs": tf.ensure_shape(inputs, [image_size, image_size, 3]),
+        "padding_mask": tf.ensure_shape(padding_mask, [image_size, image_size]),
+        "label": label,
+    }
+
+
+def split_size(info, split: str, tfds_name: str) -> int:
+    try:
+        return info.splits[split].num_examples
+    except KeyError:
+        raise ValueError(
+            f"TFDS data set {tfds_name!r} has no split {split!r} in its dataset_info.json "
+            f"(splits: {', '.join(info.splits.keys()) or 'none'})."
+        ) from None
+
+
+def build_coco_detection(
+    *,
+    batch_size: int,
+    eval_batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    data_dir: str | None = None,
+    tfds_name: str = "coco/2017",
+    image_size: int,
+    max_boxes: int,
+    train_split: str = "train",
+    eval_split: str = "validation",
+    min_scale: float = 0.5,
+    max_scale: float = 1.5,
+    flip: bool = True,
+    shuffle_buffer: int = 1000,
+    hint: str = "",
+) -> dataset_utils.Dataset:
+    """Builds the detection pipeline for this host (`process_index` of `process_count`)."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    if image_size < 1 or max_boxes < 1:
+        raise ValueError(f"image_size and max_boxes must be >= 1, got {image_size}, {max_boxes}.")
+    if not 0 < min_scale <= max_scale:
+        raise ValueError(f"Need 0 < min_scale <= max_scale, got {min_scale}, {max_scale}.")
+    builder = load_builder(tfds_name, data_dir, hint)
+    info = builder.info
+    label_feature = info.features["objects"]["label"]
+    num_classes = label_feature.num_classes
+    host_batch = dataset_utils.host_batch_size(batch_size, process_count)
+    host_eval_batch = dataset_utils.host_batch_size(
+        eval_batch_size, process_count, "eval_batch_size"
+    )
+    num_train = split_size(info, train_split, tfds_name)
+    num_eval = split_size(info, eval_split, tfds_name)
+    decoders = {"image": tfds.decode.SkipDecoding()}  # decoded in `decode_example`
+    if "segmentation" in info.features["objects"].feature.keys():  # LVIS masks: not needed
+        decoders["objects"] = {"segmentation": tfds.decode.SkipDecoding()}
+
+    def decode(example):
+        return decode_example(example, info.features["image"])
+
+    # Plain TF code without Python control flow on tensors: skip autograph (faster tracing).
+    no_autograph = tf.autograph.experimental.do_not_convert
+
+    def finish(image, example):
+        return pad_to_canvas(image, example, image_size, max_boxes, num_classes)
+
+    def train_example(index, example):
+        example = decode(example)
+        stream_seed = tf.stack([tf.cast(seed, tf.int64), index * process_count + process_index])
+        u = tf.random.stateless_uniform([4], seed=stream_seed)
+        image, boxes = example["image"], example["boxes"]
+        if flip:
+            image, boxes = tf.cond(
+                u[0] < 0.5, lambda: flip_left_right(image, boxes), lambda: (image, boxes)
+            )
+        scale = min_scale + u[1] * (max_scale - min_scale)
+        image = resize_longer_side(image, image_size * scale)
+        hw = tf.shape(image)[:2]
+        crop_hw = tf.minimum(hw, image_size)
+        top_left = tf.cast(tf.floor(u[2:] * tf.cast(hw - crop_hw + 1, tf.float32)), tf.int32)
+        top_left = tf.minimum(top_left, hw - crop_hw)
+        image, boxes, keep = crop(image, boxes, top_left[0], top_left[1], crop_hw[0], crop_hw[1])
+        return finish(image, keep_objects({**example, "boxes": boxes}, keep))
+
+    host_train_split = tfds.even_splits(train_split, process_count, drop_remainder=True)[
+        process_index
+    ]
+
+    def train_batches(start_step: int = 0):
+        # The ordering guard refuses shuffled reads of data sets written in a fixed order.
+        read_config = tfds.ReadConfig(shuffle_seed=seed, enable_ordering_guard=False)
+        ds = builder.as_dataset(
+            split=host_train_split, shuffle_files=True, read_config=read_config, decoders=decoders
+        )
+        ds = ds.repeat().shuffle(shuffle_buffer, seed=seed)
+        ds = ds.enumerate().map(no_autograph(train_example), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.batch(host_batch, drop_remainder=True).skip(start_step)
+        return ds.prefetch(2).as_numpy_iterator()
+
+    n_eval_batches = dataset_utils.num_eval_batches(num_eval, host_eval_batch, process_count)
+    host_eval_split = tfds.even_splits(eval_split, process_count, drop_remainder=False)[
+        process_index
+    ]
+
+    def eval_example(example):
+        example = decode(example)
+        batch = finish(resize_longer_side(example["image"], image_size), example)
+        return {**batch, "batch_mask": tf.constant(1.0, tf.float32)}
+
+    def eval_batches():
+        ds = builder.as_dataset(split=host_eval_split, shuffle_files=False, decoders=decoders)
+        ds = ds.map(no_autograph(eval_example), num_parallel_calls=tf.data.AUTOTUNE)
+        padding = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), ds.element_spec)
+        padding = tf.data.Dataset.from_tensors(padding).repeat()
+        ds = ds.concatenate(padding).take(n_eval_batches * host_eval_batch)
+        return ds.batch(host_eval_batch).prefetch(2).as_numpy_iterator()
+
+    meta_data = {
+        "num_classes": num_classes,
+        "class_names": list(label_feature.names),
+        "input_shape": (-1, image_size, image_size, 3),
+        "input_dtype": np.float32,
+        "num_train_examples": num_train,
+        "num_eval_examples": num_eval,
+        "max_boxes": max_boxes,
+    }
+    return dataset_utils.Dataset(meta_data, train_batches, eval_batches, n_eval_batches)
