@@ -1,5 +1,7 @@
 """Matchers against SciPy's linear_sum_assignment on random and adversarial costs."""
 
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +10,12 @@ from scipy.optimize import linear_sum_assignment
 
 from scenic.model_lib import matchers
 
-EXACT = ["hungarian_matcher", "hungarian_tpu_matcher", "hungarian_scan_tpu_matcher"]
+EXACT = [
+    "hungarian_matcher",
+    "hungarian_tpu_matcher",
+    "hungarian_scan_tpu_matcher",
+    "hungarian_cover_tpu_matcher",
+]
 APPROXIMATE = ["greedy_matcher", "sinkhorn_matcher", "lazy_matcher"]
 SHAPES = [(1, 1), (2, 2), (3, 3), (5, 5), (8, 8), (12, 12), (3, 7), (7, 3), (10, 4), (4, 10)]
 PER_CASE = 40  # 10 shapes x 5 kinds x 40 = 2,000 matrices per exact matcher
@@ -89,6 +96,48 @@ def test_padded_columns_do_not_change_the_real_matches(name):
         np.testing.assert_allclose(c[rows[real], cols[real]].sum(), expected, rtol=1e-5)
 
 
+def test_cover_matcher_on_larger_costs():
+    # Long runs of adjustments and augmenting paths, where float32 drift in the reduced costs
+    # would show; one compile for several kinds of cost.
+    rng = np.random.default_rng(5)
+    shape = (24, 40)
+    costs = np.concatenate(
+        [make_costs(kind, shape, rng)[:3] for kind in ["uniform", "integer_ties", "magnitudes"]]
+    )
+    indices = np.asarray(jax.jit(matchers.hungarian_cover_tpu_matcher)(costs))
+    assert_valid(indices, *shape)
+    ours, ref = totals(costs, indices), scipy_totals(costs)
+    np.testing.assert_allclose(ours[:3], ref[:3], rtol=1e-5)
+    np.testing.assert_array_equal(ours[3:6], ref[3:6])  # integer ties: exact
+    scale = costs[6:].max(axis=(1, 2))
+    np.testing.assert_array_less(np.abs(ours[6:] - ref[6:]), 1e-6 * scale * min(shape))
+
+
+def test_sinkhorn_ott_backend_solves_the_same_problem():
+    pytest.importorskip("ott")
+    rng = np.random.default_rng(6)
+    random = rng.random((8, 4, 9))
+    # Planted assignments with a wide margin, which any sensible matcher must find.
+    planted = 1.0 + rng.random((4, 4, 9))
+    perm = np.stack([rng.permutation(9)[:4] for _ in range(4)])
+    planted[np.arange(4)[:, None], np.arange(4)[None], perm] = 0.0
+    costs = np.concatenate([random, planted])
+    ott = np.asarray(jax.jit(lambda c: matchers.sinkhorn_matcher(c, backend="ott"))(costs))
+    assert_valid(ott, 4, 9)
+    np.testing.assert_array_equal(ott[8:, 1], perm)
+    np.testing.assert_array_equal(ott, np.asarray(jax.jit(matchers.sinkhorn_matcher)(costs)))
+
+
+def test_sinkhorn_backend_errors_name_the_problem(monkeypatch):
+    costs = np.zeros((1, 3, 3))
+    with pytest.raises(ValueError, match="backend must be 'jax' or 'ott'"):
+        matchers.sinkhorn_matcher(costs, backend="pot")
+    for name in ["ott", *[k for k in sys.modules if k.startswith("ott.")]]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if ott-jax were not installed
+    with pytest.raises(ImportError, match="ott-jax"):
+        matchers.sinkhorn_matcher(costs, backend="ott")
+
+
 @pytest.mark.parametrize("name", APPROXIMATE)
 @pytest.mark.parametrize("shape", [(6, 6), (4, 9), (9, 4)])
 def test_approximate_matchers_give_valid_assignments(name, shape):
@@ -116,7 +165,12 @@ def test_matchers_work_inside_pmap_and_pass_no_gradient():
         assert out.shape == (jax.local_device_count(), 2, 2, 5)
 
     # The matched costs are differentiable; the assignment itself is not differentiated.
-    for name in ["hungarian_matcher", "hungarian_tpu_matcher", "sinkhorn_matcher"]:
+    for name in [
+        "hungarian_matcher",
+        "hungarian_tpu_matcher",
+        "hungarian_cover_tpu_matcher",
+        "sinkhorn_matcher",
+    ]:
         matcher = matchers.MATCHERS[name]
 
         def matched_cost(c, matcher=matcher):

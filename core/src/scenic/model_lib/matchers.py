@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scenic.model_lib.hungarian_cover import hungarian_cover_single
+
 
 def prepare_costs(cost, num_valid_cols=None):
     """Stops gradients, zeroes padding columns and makes +inf (forbidden) pairs finite."""
@@ -145,6 +147,15 @@ def hungarian_scan_tpu_matcher(cost, num_valid_cols=None):
     return _match(cost, num_valid_cols, lambda cost: jax.lax.map(_hungarian_single, cost))
 
 
+def hungarian_cover_tpu_matcher(cost, num_valid_cols=None):
+    """Exact, pure JAX: Munkres' minimum-cover method (star, cover, prime, augment, adjust by
+    the minimum uncovered value), vmapped over the batch; see `hungarian_cover`.
+
+    Runs in float32 with exact zero tests: totals equal SciPy's up to float32 rounding.
+    """
+    return _match(cost, num_valid_cols, jax.vmap(hungarian_cover_single))
+
+
 def _greedy_single(cost):
     n, m = cost.shape
     big = jnp.asarray(jnp.finfo(jnp.float32).max, jnp.float32)
@@ -165,28 +176,57 @@ def greedy_matcher(cost, num_valid_cols=None):
     return _match(cost, num_valid_cols, jax.vmap(_greedy_single))
 
 
-def sinkhorn_matcher(cost, num_valid_cols=None, epsilon: float = 0.002, num_iters: int = 500):
+def sinkhorn_matcher(
+    cost,
+    num_valid_cols=None,
+    epsilon: float = 0.002,
+    num_iters: int = 500,
+    backend: str = "jax",
+):
     """Approximate: entropic optimal transport (log-domain Sinkhorn), rounded greedily.
 
     Costs are scaled to [0, 1] per example and `epsilon` is the entropic regulariser on that
     scale. For N < M a zero-cost dummy row absorbs the M - N unmatched columns, so every
     real row carries a full unit. The transport plan becomes a valid assignment through
     `greedy_matcher` on -log(plan) (its optimality gap is in tools/bench_matchers.py).
+
+    `backend="jax"` runs `num_iters` Sinkhorn iterations written here; `backend="ott"` solves
+    the same problem with ott-jax's `Sinkhorn` (an optional dependency, imported on use),
+    which stops early once the marginals are met to its default threshold (at most
+    `num_iters` iterations).
     """
-    return _match(cost, num_valid_cols, lambda c: _sinkhorn_columns(c, epsilon, num_iters))
+    if backend == "jax":
+        solve = _sinkhorn_log_plan
+    elif backend == "ott":
+        solve = _ott_log_plan_solver()
+    else:
+        raise ValueError(f"sinkhorn_matcher: backend must be 'jax' or 'ott', got {backend!r}")
+
+    def columns(cost):
+        n = cost.shape[1]
+        scaled, log_a, log_b = _sinkhorn_problem(cost)
+        log_plan = solve(scaled, log_a, log_b, epsilon, num_iters)[:, :n]
+        return jax.vmap(_greedy_single)(-log_plan)
+
+    return _match(cost, num_valid_cols, columns)
 
 
-def _sinkhorn_columns(cost, epsilon: float, num_iters: int):
+def _sinkhorn_problem(cost):
+    """Per-example [0, 1] costs (with a dummy row when N < M) and log marginals."""
     batch, n, m = cost.shape
     lo = jnp.min(cost, axis=(1, 2), keepdims=True)
     hi = jnp.max(cost, axis=(1, 2), keepdims=True)
     scaled = (cost - lo) / jnp.maximum(hi - lo, 1e-12)
     if m > n:
         scaled = jnp.concatenate([scaled, jnp.zeros((batch, 1, m))], axis=1)
-    log_k = -scaled / epsilon
     row_mass = jnp.full((scaled.shape[1],), 1.0 / m).at[n:].set((m - n) / m)
     log_a = jnp.broadcast_to(jnp.log(row_mass), (batch, scaled.shape[1]))
     log_b = jnp.full((batch, m), -jnp.log(m), jnp.float32)
+    return scaled, log_a, log_b
+
+
+def _sinkhorn_log_plan(scaled, log_a, log_b, epsilon: float, num_iters: int):
+    log_k = -scaled / epsilon
 
     def iterate(_, potentials):
         f, g = potentials
@@ -195,8 +235,33 @@ def _sinkhorn_columns(cost, epsilon: float, num_iters: int):
         return f, g
 
     f, g = jax.lax.fori_loop(0, num_iters, iterate, (jnp.zeros_like(log_a), jnp.zeros_like(log_b)))
-    log_plan = (log_k + f[:, :, None] + g[:, None, :])[:, :n]
-    return jax.vmap(_greedy_single)(-log_plan)
+    return log_k + f[:, :, None] + g[:, None, :]
+
+
+def _ott_log_plan_solver():
+    """ott-jax's Sinkhorn on the same problem; imported here because ott-jax is optional."""
+    try:
+        from ott.geometry import geometry
+        from ott.problems.linear import linear_problem
+        from ott.solvers.linear import sinkhorn
+    except ImportError as error:
+        raise ImportError(
+            "sinkhorn_matcher(backend='ott') needs the optional package ott-jax "
+            "(pip install ott-jax); backend='jax' needs nothing extra"
+        ) from error
+
+    def log_plan(scaled, log_a, log_b, epsilon: float, num_iters: int):
+        solver = sinkhorn.Sinkhorn(max_iterations=num_iters)
+
+        def solve(cost, log_a, log_b):
+            geom = geometry.Geometry(cost_matrix=cost, epsilon=epsilon)
+            out = solver(linear_problem.LinearProblem(geom, a=jnp.exp(log_a), b=jnp.exp(log_b)))
+            # ott's plan is exp((f_i + g_j - C_ij) / epsilon), potentials in cost units.
+            return (out.f[:, None] + out.g[None, :] - cost) / epsilon
+
+        return jax.vmap(solve)(scaled, log_a, log_b)
+
+    return log_plan
 
 
 def lazy_matcher(cost, num_valid_cols=None):
@@ -212,6 +277,7 @@ MATCHERS = {
     "hungarian_matcher": hungarian_matcher,
     "hungarian_tpu_matcher": hungarian_tpu_matcher,
     "hungarian_scan_tpu_matcher": hungarian_scan_tpu_matcher,
+    "hungarian_cover_tpu_matcher": hungarian_cover_tpu_matcher,
     "greedy_matcher": greedy_matcher,
     "sinkhorn_matcher": sinkhorn_matcher,
     "lazy_matcher": lazy_matcher,
