@@ -9,7 +9,8 @@ def test_model_code_and_train_step_import_no_tensorflow():
     code = textwrap.dedent(
         """
         import sys
-        import scenic.model_lib.base_models.base_model, scenic.model_lib.base_models.classification_model
+        import scenic.model_lib.base_models  # every base model, detection included
+        import scenic.model_lib.matchers, scenic.model_lib.box_utils
         import scenic.model_lib.layers, scenic.model_lib.model_utils
         import scenic.train_lib.classification_trainer, scenic.train_lib.checkpoints
         import scenic.dataset_lib, scenic.common_lib.runner

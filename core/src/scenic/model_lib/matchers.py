@@ -10,9 +10,12 @@ Defined behaviour, shared by all matchers:
   - +inf marks a forbidden pair: replaced by a finite cost larger than any assignment that
     avoids forbidden pairs, so they are used only when no feasible assignment exists.
   - Padded targets: `num_valid_cols[b]` columns are real, the rest are padding. Padding
-    columns cost 0 for every row; with N >= num_valid_cols (queries >= targets, the DETR
-    case) the real columns get exactly the rows an optimal assignment of the real columns
-    alone would give them, and the padding columns take leftover rows (the loss masks them).
+    columns cost 0 for every row. With N >= M (at least as many queries as target slots,
+    the DETR case) every column is matched, so the real columns get exactly the rows an
+    optimal assignment of the real columns alone would give them and the padding columns
+    take leftover rows (the loss masks them). With N < M that does not hold (zero-cost
+    padding attracts the rows): give padding columns +inf instead, as
+    `DetectionModel.match` does.
   - The exact pure-JAX matchers run in float32 (as does the SciPy one on its input), so
     totals equal SciPy's float64 optimum up to float32 rounding of the costs.
 """

@@ -5,12 +5,16 @@ from scenic.model_lib.base_models.classification_model import (
     ClassificationModel,
     MultiLabelClassificationModel,
 )
+from scenic.model_lib.base_models.detection_model import DetectionModel
+from scenic.model_lib.base_models.encoder_decoder_model import EncoderDecoderModel
 from scenic.model_lib.base_models.regression_model import RegressionModel
 from scenic.model_lib.base_models.segmentation_model import SegmentationModel
 
 __all__ = [
     "BaseModel",
     "ClassificationModel",
+    "DetectionModel",
+    "EncoderDecoderModel",
     "MultiLabelClassificationModel",
     "RegressionModel",
     "SegmentationModel",
