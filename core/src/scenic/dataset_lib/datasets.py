@@ -12,6 +12,8 @@ from collections.abc import Callable
 from scenic.common_lib.config_utils import did_you_mean
 
 _BUILTIN = {
+    "audiovisual_digits": "scenic.dataset_lib.audiovisual_digits:build_audiovisual_digits",
+    "audiovisual_tfrecord": "scenic.dataset_lib.audiovisual_dataset:build_audiovisual_tfrecord",
     "cifar10": "scenic.dataset_lib.tfds_classification:build_cifar10",
     "cifar100": "scenic.dataset_lib.tfds_classification:build_cifar100",
     "coco": "scenic.dataset_lib.detection_dataset:build_coco_detection",

@@ -92,8 +92,12 @@ def check_record(serialized: bytes, where: str, num_classes: int) -> None:
         raise CorruptRecordsError(f"{name}: no frames in feature list {IMAGE_KEY!r}.")
 
 
-def load_records(files: list[str], num_classes: int) -> list[bytes]:
-    """Every record of `files` in memory, checksums and contents checked."""
+def load_records(files: list[str], num_classes: int, check=check_record) -> list[bytes]:
+    """Every record of `files` in memory, checksums and contents checked.
+
+    `check(serialized, where, num_classes)` raises CorruptRecordsError for a record not in
+    the layout (`check_record`; the audio-visual reader adds its audio fields).
+    """
     import tensorflow as tf
 
     records = []
@@ -106,7 +110,7 @@ def load_records(files: list[str], num_classes: int) -> list[bytes]:
                 f"Corrupt or truncated TFRecord file {path}: {e.message}"
             ) from None
         for i, serialized in enumerate(chunk):
-            check_record(serialized, f"{path} record {i}", num_classes)
+            check(serialized, f"{path} record {i}", num_classes)
         records.extend(chunk)
     return records
 
@@ -141,10 +145,10 @@ class IndexedRecords(Sequence):
     naming the file, when the record is read and fails to parse.
     """
 
-    def __init__(self, files: list[str], num_classes: int):
+    def __init__(self, files: list[str], num_classes: int, check=check_record):
         import tensorflow as tf
 
-        self.files, self.num_classes, self.index = files, num_classes, []
+        self.files, self.num_classes, self.check, self.index = files, num_classes, check, []
         for f, path in enumerate(files):
             size = tf.io.gfile.stat(path).length
             with tf.io.gfile.GFile(path, "rb") as fh:
@@ -183,7 +187,7 @@ class IndexedRecords(Sequence):
             fh = self._handles[f]
             fh.seek(offset)
             data = fh.read(length)
-        check_record(data, f"{self.files[f]} record at byte {offset - 12}", self.num_classes)
+        self.check(data, f"{self.files[f]} record at byte {offset - 12}", self.num_classes)
         return data
 
 
@@ -318,6 +322,170 @@ def to_float(frames):
     return tf.cast(frames, tf.float32) / 127.5 - 1.0
 
 
+# --- pieces shared with the audio-visual reader ---------------------------------------------
+
+
+def example_keys(seed: int, position, count: int):
+    """`count` stateless RNG keys of the example at `position` of the global stream."""
+    import tensorflow as tf
+
+    key = tf.stack([tf.cast(seed, tf.int64), position])
+    return [tf.random.experimental.stateless_fold_in(key, salt) for salt in range(count)]
+
+
+def label_of(labels, num_classes: int, multi_label: bool):
+    """Label indices [L] -> multi-hot float32 [num_classes], or the first index (int32)."""
+    import tensorflow as tf
+
+    if multi_label:
+        return tf.reduce_max(tf.one_hot(labels, num_classes, dtype=tf.float32), axis=0)
+    return tf.cast(labels[0], tf.int32)
+
+
+def random_clip_start(num_available, num_frames: int, stride: int, key):
+    """A train clip start, uniform in [0, max_clip_start]."""
+    import tensorflow as tf
+
+    u = tf.random.stateless_uniform([], seed=key)
+    max_start = max_clip_start(num_available, num_frames, stride)
+    return tf.minimum(tf.cast(u * tf.cast(max_start + 1, tf.float32), tf.int32), max_start)
+
+
+def eval_clip_starts(num_available, num_frames: int, stride: int, num_clips: int):
+    """[num_clips] starts: the centred one, or `num_clips` evenly spaced over the range."""
+    import tensorflow as tf
+
+    max_start = max_clip_start(num_available, num_frames, stride)
+    if num_clips == 1:
+        return tf.reshape(max_start // 2, [1])
+    starts = tf.linspace(0.0, tf.cast(max_start, tf.float32), num_clips)
+    return tf.cast(tf.round(starts), tf.int32)
+
+
+def check_clip_args(
+    num_frames,
+    stride,
+    image_size,
+    resize_size,
+    channels,
+    train_crop,
+    num_test_clips,
+    num_test_crops,
+):
+    if train_crop not in TRAIN_CROPS:
+        raise ValueError(f"train_crop must be one of {TRAIN_CROPS}, got {train_crop!r}.")
+    if num_test_crops not in (1, 3):
+        raise ValueError(f"num_test_crops must be 1 or 3, got {num_test_crops}.")
+    if min(num_frames, stride, num_test_clips) < 1 or channels not in (1, 3):
+        raise ValueError("num_frames, stride, num_test_clips must be >= 1; channels 1 or 3.")
+    if resize_size < image_size:
+        raise ValueError(f"resize_size ({resize_size}) must be >= image_size ({image_size}).")
+
+
+def augment_train_clip(
+    frames,
+    crop_key,
+    flip_key,
+    *,
+    image_size: int,
+    resize_size: int,
+    train_crop: str,
+    crop_area_range,
+    crop_aspect_ratio_range,
+    random_flip: bool,
+):
+    """uint8 [T, H, W, C] -> float [T, S, S, C] in [-1, 1]: one crop and flip for the clip."""
+    import tensorflow as tf
+
+    if train_crop == "random_resized":
+        frames = random_resized_crop(
+            frames, image_size, crop_key, crop_area_range, crop_aspect_ratio_range
+        )
+    elif train_crop == "multi_scale":
+        frames = multi_scale_crop(frames, image_size, crop_key)
+    else:
+        frames = spatial_crops(resize_short_side(frames, resize_size), image_size, 1)[0]
+    if random_flip:
+        flip = tf.random.stateless_uniform([], seed=flip_key) < 0.5
+        frames = tf.cond(flip, lambda: tf.reverse(frames, [2]), lambda: frames)
+    return to_float(frames)
+
+
+def eval_clip_views(frames, num_clips: int, num_crops: int, clip_shape, resize_size: int):
+    """uint8 [num_clips * T, H, W, C] -> float views [num_clips * num_crops, T, S, S, C],
+    clip-major (view c * num_crops + s)."""
+    import tensorflow as tf
+
+    frames = resize_short_side(frames, resize_size)
+    crops = spatial_crops(frames, clip_shape[1], num_crops)  # [crops, clips * T, S, S, C]
+    crops = tf.reshape(crops, [num_crops, num_clips, *clip_shape])
+    return to_float(tf.reshape(tf.transpose(crops, [1, 0, 2, 3, 4, 5]), [-1, *clip_shape]))
+
+
+def record_train_batches(
+    records, example_fn, *, batch_size, seed, process_index, process_count
+) -> Callable[[int], Iterator[dict[str, np.ndarray]]]:
+    """`start_step -> iterator` of host batches of `example_fn(serialized, position)`.
+
+    Records are taken in `dataset_utils.train_example_indices` order, so batch k depends only
+    on (seed, k) and host p of P gets the p-th slice of the global batch.
+    """
+    import tensorflow as tf
+
+    host_batch = dataset_utils.host_batch_size(batch_size, process_count)
+
+    def stream(start_step):
+        for step in itertools.count(start_step):
+            indices, positions = dataset_utils.train_example_indices(
+                step,
+                num_examples=len(records),
+                global_batch_size=batch_size,
+                seed=seed,
+                process_index=process_index,
+                process_count=process_count,
+            )
+            yield [records[int(i)] for i in indices], positions
+
+    def train_batches(start_step: int = 0):
+        signature = (
+            tf.TensorSpec([host_batch], tf.string),
+            tf.TensorSpec([host_batch], tf.int64),
+        )
+        ds = tf.data.Dataset.from_generator(
+            lambda: stream(start_step), output_signature=signature
+        ).unbatch()
+        ds = ds.map(example_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return raise_named_errors(ds.batch(host_batch).prefetch(2).as_numpy_iterator())
+
+    return train_batches
+
+
+def record_eval_plan(num_records: int, eval_batch_size, process_index, process_count):
+    """(this host's record range, host batch size, batches per pass on every host)."""
+    host_batch = dataset_utils.host_batch_size(eval_batch_size, process_count, "eval_batch_size")
+    host_range = dataset_utils.host_eval_slice(num_records, process_index, process_count)
+    return (
+        host_range,
+        host_batch,
+        dataset_utils.num_eval_batches(num_records, host_batch, process_count),
+    )
+
+
+def record_eval_batches(records, host_range, example_fn, padding, host_batch, num_batches):
+    """One pass of `example_fn` over `records[host_range]`, then `padding` to fill
+    `num_batches` batches of `host_batch` (padding carries batch_mask 0)."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_generator(
+        lambda: (records[i] for i in host_range),
+        output_signature=tf.TensorSpec([], tf.string),
+    )
+    ds = ds.map(example_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat())
+    ds = ds.take(num_batches * host_batch).batch(host_batch)
+    return raise_named_errors(ds.prefetch(2).as_numpy_iterator())
+
+
 # --- the builder --------------------------------------------------------------------------------
 
 
@@ -363,27 +531,22 @@ def build_video_tfrecord(
     import tensorflow as tf
 
     resize_size = resize_size or image_size
-    if train_crop not in TRAIN_CROPS:
-        raise ValueError(f"train_crop must be one of {TRAIN_CROPS}, got {train_crop!r}.")
-    if num_test_crops not in (1, 3):
-        raise ValueError(f"num_test_crops must be 1 or 3, got {num_test_crops}.")
-    if min(num_frames, stride, num_test_clips) < 1 or channels not in (1, 3):
-        raise ValueError("num_frames, stride, num_test_clips must be >= 1; channels 1 or 3.")
-    if resize_size < image_size:
-        raise ValueError(f"resize_size ({resize_size}) must be >= image_size ({image_size}).")
-    host_batch = dataset_utils.host_batch_size(batch_size, process_count)
-    host_eval_batch = dataset_utils.host_batch_size(
-        eval_batch_size, process_count, "eval_batch_size"
+    check_clip_args(
+        num_frames,
+        stride,
+        image_size,
+        resize_size,
+        channels,
+        train_crop,
+        num_test_clips,
+        num_test_crops,
     )
+    dataset_utils.host_batch_size(batch_size, process_count)
+    dataset_utils.host_batch_size(eval_batch_size, process_count, "eval_batch_size")
     read = load_records if in_memory else IndexedRecords
     train_records = read(resolve_files(train_files, "train_files"), num_classes)
     eval_records = read(resolve_files(eval_files, "eval_files"), num_classes)
     clip_shape = (num_frames, image_size, image_size, channels)
-
-    def label_of(labels):
-        if multi_label:
-            return tf.reduce_max(tf.one_hot(labels, num_classes, dtype=tf.float32), axis=0)
-        return tf.cast(labels[0], tf.int32)
 
     def open_video(serialized):
         """-> (number of frames, frames_at(indices, count) -> uint8 [count, H, W, C], label,
@@ -393,85 +556,45 @@ def build_video_tfrecord(
         def frames_at(indices, count):
             return decode_frames(tf.gather(encoded, indices), count, channels)
 
-        return tf.shape(encoded)[0], frames_at, label_of(labels), video_id
+        return tf.shape(encoded)[0], frames_at, label_of(labels, num_classes, multi_label), video_id
 
     def train_example(serialized, position):
         n, frames_at, label, _ = open_video(serialized)
-        key = tf.stack([tf.cast(seed, tf.int64), position])
-        keys = [tf.random.experimental.stateless_fold_in(key, salt) for salt in range(3)]
-        u = tf.random.stateless_uniform([], seed=keys[0])
-        max_start = max_clip_start(n, num_frames, stride)
-        start = tf.minimum(tf.cast(u * tf.cast(max_start + 1, tf.float32), tf.int32), max_start)
+        keys = example_keys(seed, position, 3)
+        start = random_clip_start(n, num_frames, stride, keys[0])
         frames = frames_at(clip_frame_indices(n, num_frames, stride, start), num_frames)
-        if train_crop == "random_resized":
-            frames = random_resized_crop(
-                frames, image_size, keys[1], crop_area_range, crop_aspect_ratio_range
-            )
-        elif train_crop == "multi_scale":
-            frames = multi_scale_crop(frames, image_size, keys[1])
-        else:
-            frames = spatial_crops(resize_short_side(frames, resize_size), image_size, 1)[0]
-        if random_flip:
-            flip = tf.random.stateless_uniform([], seed=keys[2]) < 0.5
-            frames = tf.cond(flip, lambda: tf.reverse(frames, [2]), lambda: frames)
-        return {"inputs": tf.ensure_shape(to_float(frames), clip_shape), "label": label}
-
-    def train_stream(start_step):
-        """This host's share of each global batch, as whole host batches of items."""
-        for step in itertools.count(start_step):
-            indices, positions = dataset_utils.train_example_indices(
-                step,
-                num_examples=len(train_records),
-                global_batch_size=batch_size,
-                seed=seed,
-                process_index=process_index,
-                process_count=process_count,
-            )
-            yield [train_records[int(i)] for i in indices], positions
-
-    def train_batches(start_step: int = 0):
-        signature = (
-            tf.TensorSpec([host_batch], tf.string),
-            tf.TensorSpec([host_batch], tf.int64),
+        frames = augment_train_clip(
+            frames,
+            keys[1],
+            keys[2],
+            image_size=image_size,
+            resize_size=resize_size,
+            train_crop=train_crop,
+            crop_area_range=crop_area_range,
+            crop_aspect_ratio_range=crop_aspect_ratio_range,
+            random_flip=random_flip,
         )
-        ds = tf.data.Dataset.from_generator(
-            lambda: train_stream(start_step), output_signature=signature
-        ).unbatch()
-        ds = ds.map(train_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return raise_named_errors(ds.batch(host_batch).prefetch(2).as_numpy_iterator())
+        return {"inputs": tf.ensure_shape(frames, clip_shape), "label": label}
 
     def eval_views(serialized, num_clips, num_crops):
         """-> dict with inputs [num_clips * num_crops, T, S, S, C], clip-major."""
         n, frames_at, label, video_id = open_video(serialized)
-        max_start = max_clip_start(n, num_frames, stride)
-        if num_clips == 1:
-            starts = tf.reshape(max_start // 2, [1])
-        else:
-            starts = tf.linspace(0.0, tf.cast(max_start, tf.float32), num_clips)
-            starts = tf.cast(tf.round(starts), tf.int32)
+        starts = eval_clip_starts(n, num_frames, stride, num_clips)
         indices = tf.concat(
             [clip_frame_indices(n, num_frames, stride, s) for s in tf.unstack(starts, num_clips)], 0
         )
-        frames = resize_short_side(frames_at(indices, num_clips * num_frames), resize_size)
-        crops = spatial_crops(frames, image_size, num_crops)  # [crops, clips * T, S, S, C]
-        crops = tf.reshape(crops, [num_crops, num_clips, *clip_shape])
-        views = tf.reshape(tf.transpose(crops, [1, 0, 2, 3, 4, 5]), [-1, *clip_shape])
-        out = {"inputs": to_float(views), "label": label, "batch_mask": 1.0}
+        frames = frames_at(indices, num_clips * num_frames)
+        views = eval_clip_views(frames, num_clips, num_crops, clip_shape, resize_size)
+        out = {"inputs": views, "label": label, "batch_mask": 1.0}
         if with_video_id:
             out["video_id"] = video_id
         return out
 
-    host_range = dataset_utils.host_eval_slice(len(eval_records), process_index, process_count)
-    n_eval_batches = dataset_utils.num_eval_batches(
-        len(eval_records), host_eval_batch, process_count
+    host_range, host_eval_batch, n_eval_batches = record_eval_plan(
+        len(eval_records), eval_batch_size, process_index, process_count
     )
 
     def padded_eval(example_fn, inputs_shape):
-        ds = tf.data.Dataset.from_generator(
-            lambda: (eval_records[i] for i in host_range),
-            output_signature=tf.TensorSpec([], tf.string),
-        )
-        ds = ds.map(example_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         padding = {
             "inputs": tf.zeros(inputs_shape, tf.float32),
             "label": tf.zeros([num_classes], tf.float32) if multi_label else tf.constant(0),
@@ -479,9 +602,9 @@ def build_video_tfrecord(
         }
         if with_video_id:
             padding["video_id"] = tf.constant(b"")
-        ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat())
-        ds = ds.take(n_eval_batches * host_eval_batch).batch(host_eval_batch)
-        return raise_named_errors(ds.prefetch(2).as_numpy_iterator())
+        return record_eval_batches(
+            eval_records, host_range, example_fn, padding, host_eval_batch, n_eval_batches
+        )
 
     def single_view(serialized):
         out = eval_views(serialized, 1, 1)
@@ -497,6 +620,14 @@ def build_video_tfrecord(
 
         return padded_eval(views, (num_test_clips * num_test_crops, *clip_shape))
 
+    train_batches = record_train_batches(
+        train_records,
+        train_example,
+        batch_size=batch_size,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
+    )
     meta_data = {
         "num_classes": num_classes,
         "input_shape": (-1, *clip_shape),

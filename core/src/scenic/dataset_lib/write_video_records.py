@@ -2,17 +2,22 @@
 
 One `tf.train.SequenceExample` per video (DMVR / original-Scenic Kinetics layout, described
 in core/docs/video_records.md): context `video_id`, `clip/label/index` (one or more),
-optional `clip/label/text`; feature list `image/encoded`, one JPEG per frame.
+optional `clip/label/text`; feature list `image/encoded`, one JPEG per frame. Optional audio
+(read by `audiovisual_dataset`): feature list `melspec/feature/floats` (log-mel, one list of
+mel bins per time step) and/or `WAVEFORM/feature/floats` (samples, one chunk per video frame)
+with context `WAVEFORM/sample_rate`.
 
 Library: `write_video_records(examples, path, num_shards=1)`. Command line, from a folder
 holding one sub-folder of frame images per video (`frame_0000.jpg`, ...) and/or video files
 (decoded with PyAV or imageio, whichever is installed):
 
     python -m scenic.dataset_lib.write_video_records --input DIR --output PREFIX \
-        --labels labels.csv [--class-names classes.txt] [--num-shards 4]
+        --labels labels.csv [--class-names classes.txt] [--num-shards 4] [--audio AUDIO_DIR]
 
 `labels.csv` has one `video_id,label` row per video (`video_id` is the sub-folder or file name
 without extension); a label is a class index or a class name, several separated by `;`.
+`--audio` names a folder with `<video_id>.wav` (PCM, read with Python's `wave`; channels are
+averaged) or `<video_id>.npy` (a float log-mel array [time steps, mel bins]) per video.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ VIDEO_ID_KEY = "video_id"
 LABEL_INDEX_KEY = "clip/label/index"
 LABEL_TEXT_KEY = "clip/label/text"
 IMAGE_KEY = "image/encoded"
+MELSPEC_KEY = "melspec/feature/floats"
+WAVEFORM_KEY = "WAVEFORM/feature/floats"
+SAMPLE_RATE_KEY = "WAVEFORM/sample_rate"
 
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v")
@@ -74,8 +82,15 @@ def sequence_example(
     labels: int | Sequence[int],
     label_texts: Sequence[str] = (),
     quality: int = 95,
+    melspec: np.ndarray | None = None,
+    waveform: np.ndarray | None = None,
+    sample_rate: int | None = None,
 ):
-    """One video as a `tf.train.SequenceExample`; `frames` are JPEG bytes or uint8 pixels."""
+    """One video as a `tf.train.SequenceExample`; `frames` are JPEG bytes or uint8 pixels.
+
+    Optional audio: `melspec` float [time steps, mel bins]; `waveform` float samples [N]
+    (conventionally in [-1, 1]), stored as one chunk per frame, with `sample_rate` in Hz.
+    """
     import tensorflow as tf
 
     if isinstance(frames, np.ndarray):
@@ -95,6 +110,30 @@ def sequence_example(
     image_list = example.feature_lists.feature_list[IMAGE_KEY]
     for frame in frames:
         image_list.feature.add().bytes_list.value.append(frame)
+    if melspec is not None:
+        melspec = np.asarray(melspec, np.float32)
+        if melspec.ndim != 2 or 0 in melspec.shape or not np.isfinite(melspec).all():
+            raise ValueError(
+                f"Video {video_id!r}: melspec must be finite floats [time steps >= 1, mel bins "
+                f">= 1], got shape {melspec.shape}."
+            )
+        mel_list = example.feature_lists.feature_list[MELSPEC_KEY]
+        for step in melspec:
+            mel_list.feature.add().float_list.value.extend(step.tolist())
+    if waveform is not None:
+        waveform = np.asarray(waveform, np.float32)
+        if waveform.ndim != 1 or not waveform.size or not np.isfinite(waveform).all():
+            raise ValueError(
+                f"Video {video_id!r}: waveform must be finite floats [samples >= 1], got shape "
+                f"{waveform.shape}."
+            )
+        wave_list = example.feature_lists.feature_list[WAVEFORM_KEY]
+        for chunk in np.array_split(waveform, len(frames)):
+            wave_list.feature.add().float_list.value.extend(chunk.tolist())
+    if sample_rate is not None:
+        if waveform is None or int(sample_rate) <= 0:
+            raise ValueError(f"Video {video_id!r}: sample_rate needs a waveform and must be > 0.")
+        context[SAMPLE_RATE_KEY].int64_list.value.append(int(sample_rate))
     return example
 
 
@@ -113,7 +152,8 @@ def write_video_records(
     """Writes `examples` to `num_shards` TFRecord files; returns their paths.
 
     Each example is a dict with `video_id` (str), `frames` (JPEG bytes per frame, or uint8
-    [T, H, W, C] pixels to be encoded), `labels` (int or ints) and optionally `label_texts`.
+    [T, H, W, C] pixels to be encoded), `labels` (int or ints) and optionally `label_texts`
+    and audio: `melspec` [steps, bins], `waveform` [samples], `sample_rate` (Hz).
     Example k goes to shard k % num_shards (round robin, so an iterator need not be sized).
     """
     import tensorflow as tf
@@ -123,7 +163,14 @@ def write_video_records(
         writers = [stack.enter_context(tf.io.TFRecordWriter(p)) for p in paths]
         for k, ex in enumerate(examples):
             record = sequence_example(
-                ex["video_id"], ex["frames"], ex["labels"], ex.get("label_texts", ()), quality
+                ex["video_id"],
+                ex["frames"],
+                ex["labels"],
+                ex.get("label_texts", ()),
+                quality,
+                melspec=ex.get("melspec"),
+                waveform=ex.get("waveform"),
+                sample_rate=ex.get("sample_rate"),
             )
             writers[k % num_shards].write(record.SerializeToString())
     return paths
@@ -172,6 +219,44 @@ def decode_video_file(path: pathlib.Path) -> np.ndarray:
     return np.stack(frames).astype(np.uint8)
 
 
+def read_wav(path: str | pathlib.Path) -> tuple[np.ndarray, int]:
+    """(float32 mono samples in [-1, 1], sample rate) of a PCM .wav file (8/16/24/32-bit)."""
+    import wave
+
+    with wave.open(str(path), "rb") as f:
+        width, channels, rate = f.getsampwidth(), f.getnchannels(), f.getframerate()
+        data = f.readframes(f.getnframes())
+    if width == 1:  # unsigned 8-bit
+        samples = (np.frombuffer(data, np.uint8).astype(np.float32) - 128.0) / 128.0
+    elif width in (2, 4):
+        dtype = np.int16 if width == 2 else np.int32
+        samples = np.frombuffer(data, dtype).astype(np.float32) / float(2 ** (8 * width - 1))
+    elif width == 3:  # little-endian 24-bit: sign-extend into int32
+        raw = np.frombuffer(data, np.uint8).reshape(-1, 3).astype(np.int32)
+        value = raw[:, 0] | (raw[:, 1] << 8) | (raw[:, 2] << 16)
+        samples = (np.where(value >= 1 << 23, value - (1 << 24), value) / float(1 << 23)).astype(
+            np.float32
+        )
+    else:
+        raise ValueError(f"{path}: unsupported sample width of {width} bytes.")
+    samples = samples.reshape(-1, channels).mean(axis=1)
+    if not samples.size:
+        raise ValueError(f"{path} holds no audio samples.")
+    return samples.astype(np.float32), rate
+
+
+def read_audio(audio_dir: str, video_id: str) -> dict:
+    """Audio fields of one example from `audio_dir/<video_id>.wav` or `.npy` (log-mels)."""
+    folder = pathlib.Path(audio_dir)
+    wav, npy = folder / f"{video_id}.wav", folder / f"{video_id}.npy"
+    if wav.exists():
+        samples, rate = read_wav(wav)
+        return {"waveform": samples, "sample_rate": rate}
+    if npy.exists():
+        return {"melspec": np.load(npy)}
+    raise ValueError(f"No audio for video {video_id!r}: neither {wav} nor {npy} exists.")
+
+
 def read_labels(
     labels_csv: str, class_names_file: str | None
 ) -> tuple[dict[str, list[int]], list[str]]:
@@ -201,8 +286,15 @@ def read_labels(
     return {v: [to_index(v, x) for x in labels] for v, labels in rows.items()}, names
 
 
-def folder_examples(input_dir: str, labels: dict[str, list[int]], names: list[str], quality):
-    """Examples for every frame folder / video file in `input_dir`, in name order."""
+def folder_examples(
+    input_dir: str,
+    labels: dict[str, list[int]],
+    names: list[str],
+    quality,
+    audio_dir: str | None = None,
+):
+    """Examples for every frame folder / video file in `input_dir`, in name order (with the
+    audio of `audio_dir/<video_id>.wav|.npy` when `audio_dir` is given)."""
     entries = sorted(pathlib.Path(input_dir).iterdir())
     videos = [p for p in entries if p.is_dir() or p.suffix.lower() in VIDEO_SUFFIXES]
     if not videos:
@@ -216,12 +308,15 @@ def folder_examples(input_dir: str, labels: dict[str, list[int]], names: list[st
         else:
             frames = decode_video_file(p)
         label = labels[p.stem]
-        yield {
+        example = {
             "video_id": p.stem,
             "frames": frames,
             "labels": label,
             "label_texts": [names[i] for i in label] if names else (),
         }
+        if audio_dir:
+            example.update(read_audio(audio_dir, p.stem))
+        yield example
 
 
 def main(argv=None) -> int:
@@ -232,10 +327,13 @@ def main(argv=None) -> int:
     parser.add_argument("--class-names", help="text file, one class name per line (index order)")
     parser.add_argument("--num-shards", type=int, default=1)
     parser.add_argument("--quality", type=int, default=95, help="JPEG quality for re-encoding")
+    parser.add_argument(
+        "--audio", help="folder of <video_id>.wav (PCM) or <video_id>.npy (log-mel [T, bins])"
+    )
     args = parser.parse_args(argv)
     labels, names = read_labels(args.labels, args.class_names)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    examples = folder_examples(args.input, labels, names, args.quality)
+    examples = folder_examples(args.input, labels, names, args.quality, args.audio)
     paths = write_video_records(examples, args.output, args.num_shards, args.quality)
     if names and not args.class_names:
         with open(f"{args.output}.classes.txt", "w") as f:
