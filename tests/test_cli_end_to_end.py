@@ -55,14 +55,14 @@ def test_list_configs(cli):
     assert {"vit_digits", "vit_b16_imagenet"} <= set(result.stdout.split())
 
 
-BAD_CONFIG = '''
+BAD_CONFIG = """
 from scenic_baselines.configs.vit_digits import get_config as base
 
 def get_config():
     config = base()
     config.num_trainng_steps = 10
     return config
-'''
+"""
 
 
 @pytest.mark.parametrize(
@@ -72,8 +72,10 @@ def get_config():
         (["--config.dataset_name=digitz"], "Unknown data set 'digitz'"),
         (["--config.model_name=vit_clasification"], "Unknown model_name 'vit_clasification'"),
         (["--config.optimizer.name=adamm"], "Unknown optimizer.name 'adamm'"),
-        (["--config.dataset_configs.image_size=8", "--config.dataset_configs.shift=2"],
-         "Unknown config key 'dataset_configs.shift'"),
+        (
+            ["--config.dataset_configs.image_size=8", "--config.dataset_configs.shift=2"],
+            "Unknown config key 'dataset_configs.shift'",
+        ),
         (["--config.optimizer.name=sgd"], None),  # b1/b2 are adamw's: read by nobody
         (["--bogus"], "Unrecognised argument '--bogus'"),
     ],
@@ -104,8 +106,14 @@ def test_checkpoint_of_another_model_shape_is_refused(trained, cli, tiny_vit_dig
     workdir, _ = trained
     before = snapshot(workdir)
     result = cli(
-        "train", "--config", "vit_digits", "--workdir", str(workdir), *tiny_vit_digits,
-        "--config.model.hidden_size=32", "--config.num_training_steps=9",
+        "train",
+        "--config",
+        "vit_digits",
+        "--workdir",
+        str(workdir),
+        *tiny_vit_digits,
+        "--config.model.hidden_size=32",
+        "--config.num_training_steps=9",
     )
     assert result.returncode != 0
     assert "does not match this model" in result.stderr

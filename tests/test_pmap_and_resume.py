@@ -20,14 +20,24 @@ def test_two_devices_match_one_device(tmp_path, cli, tiny_vit_digits):
     results = {}
     for devices in (1, 2):
         workdir = tmp_path / f"devices{devices}"
-        run = cli("train", "--config", "vit_digits", "--workdir", str(workdir),
-                  *tiny_vit_digits, devices=devices)
+        run = cli(
+            "train",
+            "--config",
+            "vit_digits",
+            "--workdir",
+            str(workdir),
+            *tiny_vit_digits,
+            devices=devices,
+        )
         assert run.returncode == 0, run.stderr[-3000:]
-        results[devices] = (load_params(workdir, 6), json.loads(
-            (workdir / "final_metrics.json").read_text()))
+        results[devices] = (
+            load_params(workdir, 6),
+            json.loads((workdir / "final_metrics.json").read_text()),
+        )
     one, two = results[1][0], results[2][0]
-    moved = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), one, load_params(
-        tmp_path / "devices1", 3))
+    moved = jax.tree.map(
+        lambda a, b: float(np.max(np.abs(a - b))), one, load_params(tmp_path / "devices1", 3)
+    )
     assert max(jax.tree.leaves(moved)) > 1e-3  # training did change the parameters
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), one, two)
     assert results[1][1]["accuracy"] == results[2][1]["accuracy"]
@@ -44,15 +54,22 @@ def test_resume_after_stop_equals_uninterrupted_run(tmp_path, tiny_vit_digits):
     dataset = runner.build_dataset(config)
     train = classification_trainer.train
     full, _ = train(model_cls=model_cls, dataset=dataset, config=config, workdir=tmp_path / "a")
-    stopped, _ = train(model_cls=model_cls, dataset=dataset, config=config,
-                       workdir=tmp_path / "b", stop_after_step=3)
+    stopped, _ = train(
+        model_cls=model_cls,
+        dataset=dataset,
+        config=config,
+        workdir=tmp_path / "b",
+        stop_after_step=3,
+    )
     assert int(stopped["step"]) == 3
     assert not (tmp_path / "b" / "final_metrics.json").exists()
-    resumed, final = train(model_cls=model_cls, dataset=dataset, config=config,
-                           workdir=tmp_path / "b")
+    resumed, final = train(
+        model_cls=model_cls, dataset=dataset, config=config, workdir=tmp_path / "b"
+    )
     assert final["step"] == 6
     jax.tree.map(np.testing.assert_array_equal, full["params"], resumed["params"])
     jax.tree.map(np.testing.assert_array_equal, full["opt_state"], resumed["opt_state"])
     # Restarting the data stream at step 0 instead would change the result:
-    assert not np.array_equal(jax.tree.leaves(full["params"])[0],
-                              jax.tree.leaves(stopped["params"])[0])
+    assert not np.array_equal(
+        jax.tree.leaves(full["params"])[0], jax.tree.leaves(stopped["params"])[0]
+    )

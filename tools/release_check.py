@@ -12,6 +12,9 @@ Stages, each of which must pass before the next one runs:
 3. install  one `pip install` of all wheels into a fresh virtual environment.
 4. smoke    `import scenic, <every project package>` and `<script> --help` for
             every console script, all run from that environment.
+5. train    for each project whose pyproject.toml has `[tool.scenic] smoke-train = [...]`,
+            `<script> train --workdir TMP <those arguments>` from that environment: a few
+            real training steps of the project's demo, as a user would run them.
 
 Exits 0 only if everything passed. Standard library and `packaging` only.
 """
@@ -54,6 +57,7 @@ class Package:
     dependencies: list[str]
     scripts: dict[str, str]
     import_names: list[str]
+    smoke_train: list[str] = field(default_factory=list)
     wheel: Path | None = field(default=None)
 
     @property
@@ -80,6 +84,7 @@ def load_package(folder: Path) -> Package:
         dependencies=list(project.get("dependencies", [])),
         scripts=dict(project.get("scripts", {})),
         import_names=import_names,
+        smoke_train=list(data.get("tool", {}).get("scenic", {}).get("smoke-train", [])),
     )
 
 
@@ -245,6 +250,19 @@ def check_script(venv: Path, script: str) -> str | None:
     return None
 
 
+def check_smoke_train(venv: Path, pkg: Package, workdir: Path) -> str | None:
+    """Run `<script> train` with the package's smoke-train arguments; None if it exits 0."""
+    (script,) = pkg.scripts  # a project has one console script
+    command = [str(venv / "bin" / script), "train", "--workdir", str(workdir), *pkg.smoke_train]
+    try:
+        result = run(command, env=clean_env(venv), cwd=venv, timeout=900)
+    except subprocess.TimeoutExpired:
+        return f"{' '.join(command)} did not finish within 900 s"
+    if result.returncode != 0:
+        return f"{' '.join(command)} exited {result.returncode}:\n{tail(result.stdout)}"
+    return None
+
+
 # --- driver -----------------------------------------------------------------------------------
 
 
@@ -308,9 +326,20 @@ def release_check(args: argparse.Namespace, workdir: Path) -> int:
         return fail("smoke", problems)
     print(f"imports OK: {', '.join(modules)}")
     print(f"scripts OK: {', '.join(f'{s} --help' for s in scripts) or '(none)'}")
+
+    trained = [p for p in packages if p.smoke_train]
+    problems = [
+        line
+        for p in trained
+        if (line := check_smoke_train(venv, p, workdir / f"train-{p.name}"))
+    ]
+    if problems:
+        return fail("train", problems)
+    print(f"train OK: {', '.join(f'{p.name} ({len(p.smoke_train)} args)' for p in trained)}")
     print(
         f"OK: {len(packages)} wheels built, {n_pins} pins checked, "
-        f"{len(modules)} imports and {len(scripts)} scripts run in a fresh venv"
+        f"{len(modules)} imports and {len(scripts)} scripts run, "
+        f"{len(trained)} projects trained in a fresh venv"
     )
     return 0
 

@@ -35,8 +35,15 @@ def test_vit_b16_has_published_parameter_count():
 @pytest.mark.parametrize("posemb", ["learned", "sincos2d"])
 def test_vit_classifiers_give_logits(classifier, posemb):
     model = vit.ViT(
-        num_classes=5, patch_size=(4, 4), hidden_size=16, num_layers=2, num_heads=2,
-        mlp_dim=32, classifier=classifier, posemb=posemb, stochastic_depth=0.1,
+        num_classes=5,
+        patch_size=(4, 4),
+        hidden_size=16,
+        num_layers=2,
+        num_heads=2,
+        mlp_dim=32,
+        classifier=classifier,
+        posemb=posemb,
+        stochastic_depth=0.1,
     )
     x = jax.random.normal(jax.random.key(0), (3, 8, 8, 2))
     variables = model.init(jax.random.key(1), x)
@@ -50,11 +57,19 @@ def test_vit_classifiers_give_logits(classifier, posemb):
 def test_vit_rejects_unknown_classifier_and_bad_patch():
     x = jnp.zeros((1, 8, 8, 1))
     with pytest.raises(ValueError, match="classifier"):
-        vit.ViT(num_classes=2, patch_size=(4, 4), hidden_size=8, num_layers=1, num_heads=1,
-                mlp_dim=8, classifier="bogus").init(jax.random.key(0), x)
+        vit.ViT(
+            num_classes=2,
+            patch_size=(4, 4),
+            hidden_size=8,
+            num_layers=1,
+            num_heads=1,
+            mlp_dim=8,
+            classifier="bogus",
+        ).init(jax.random.key(0), x)
     with pytest.raises(ValueError, match="not divisible by patch size"):
-        vit.ViT(num_classes=2, patch_size=(3, 3), hidden_size=8, num_layers=1, num_heads=1,
-                mlp_dim=8).init(jax.random.key(0), x)
+        vit.ViT(
+            num_classes=2, patch_size=(3, 3), hidden_size=8, num_layers=1, num_heads=1, mlp_dim=8
+        ).init(jax.random.key(0), x)
 
 
 def test_patch_embedding_equals_strided_convolution():
@@ -78,13 +93,24 @@ def test_every_shipped_config_resolves(name):
 
 def test_multilabel_model_uses_sigmoid_loss():
     config = ml_collections.ConfigDict(
-        {"model": {"patch_size": (4, 4), "hidden_size": 8, "num_layers": 1, "num_heads": 1,
-                   "mlp_dim": 8}, "label_smoothing": None, "l2_decay_factor": None}
+        {
+            "model": {
+                "patch_size": (4, 4),
+                "hidden_size": 8,
+                "num_layers": 1,
+                "num_heads": 1,
+                "mlp_dim": 8,
+            },
+            "label_smoothing": None,
+            "l2_decay_factor": None,
+        }
     )
     model = MODELS["vit_multilabel_classification"](config, {"num_classes": 3})
     logits = jnp.array([[2.0, -1.0, 0.5]])
     batch = {"label": jnp.array([[1.0, 0.0, 1.0]]), "batch_mask": jnp.ones((1,))}
-    expected = -np.log(1 / (1 + np.exp(-2.0))) - np.log(1 - 1 / (1 + np.exp(1.0))) - np.log(
-        1 / (1 + np.exp(-0.5))
+    expected = (
+        -np.log(1 / (1 + np.exp(-2.0)))
+        - np.log(1 - 1 / (1 + np.exp(1.0)))
+        - np.log(1 / (1 + np.exp(-0.5)))
     )
     np.testing.assert_allclose(model.loss_function(logits, batch), expected, rtol=1e-5)

@@ -75,8 +75,15 @@ def parse_override_value(text: str):
         return text
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str]) -> None:
-    """Applies `a.b.c=value` overrides in place; only existing keys may be set."""
+def apply_overrides(
+    config: ml_collections.ConfigDict,
+    overrides: Iterable[str],
+    open_sections: Iterable[str] = (),
+) -> None:
+    """Applies `a.b.c=value` overrides in place; only existing keys may be set, except
+    directly inside `open_sections` (sections whose keys their consumer checks, such as
+    `optimizer`), where an override may add a key."""
+    open_sections = tuple(open_sections)
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep:
@@ -90,13 +97,13 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
                     + did_you_mean(part, list(node.keys()))
                 )
             node = node[part]
-        if leaf not in node:
+        if leaf not in node and not (len(parents) == 1 and parents[0] in open_sections):
             raise ConfigError(
                 f"Unknown config key {key!r} in override {item!r}."
                 + did_you_mean(leaf, list(node.keys()))
             )
         value = parse_override_value(text)
-        current = node[leaf]
+        current = node.get(leaf)
         if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         elif isinstance(current, str) and not isinstance(value, str):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -24,3 +27,17 @@ def compiled_flops(fn, *args) -> float | None:
     if not analysis or "flops" not in analysis:
         return None
     return float(analysis["flops"])
+
+
+def peak_matmul_flops(size: int = 1024, repeats: int = 5, dtype=jnp.float32) -> float:
+    """FLOP/s of a square matmul on one default device (best of `repeats`): the reference
+    for MFU estimates, measured in the same process as the run it is compared with."""
+    a = jnp.ones((size, size), dtype)
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best

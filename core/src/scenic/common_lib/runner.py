@@ -4,6 +4,14 @@
     scenic-<name> eval  --workdir DIR [--config ...]   (default: the run's config.json)
     scenic-<name> list-configs
 
+Multi-host: start the same command on every host with `--coordinator_address HOST:PORT
+--num_processes N --process_id I` (or JAX's `JAX_COORDINATOR_ADDRESS` environment, or
+`--multihost` for JAX's cluster auto-detection: SLURM, Open MPI, Kubernetes, Cloud TPU).
+
+Exit codes: 0 done; 2 a problem with the command line, config or inputs (one line on
+stderr); 1 a training failure such as a NaN loss; 130 / 143 stopped by SIGINT / SIGTERM
+after checkpointing (run the same command again to resume).
+
 The whole config is checked before anything is written to the workdir: unknown keys,
 model, data set, trainer, optimizer or schedule names are errors that name the problem.
 """
@@ -34,14 +42,34 @@ def expected_errors() -> tuple[type[Exception], ...]:
     from scenic.dataset_lib.datasets import UnknownDatasetError
     from scenic.train_lib.checkpoints import CheckpointMismatchError
 
-    return (ConfigError, UsageError, UnknownDatasetError, CheckpointMismatchError,
-            FileNotFoundError)
+    return (
+        ConfigError,
+        UsageError,
+        UnknownDatasetError,
+        CheckpointMismatchError,
+        FileNotFoundError,
+    )
 
 
-def resolve_config(config: ml_collections.ConfigDict, models: dict[str, type]):
-    """Checks every key and name in `config`; returns (full config with defaults, model_cls)."""
+def resolve_config(
+    config: ml_collections.ConfigDict, models: dict[str, type], overrides: Sequence[str] = ()
+):
+    """Checks every key and name in `config`; returns (full config with defaults, model_cls).
+
+    `overrides` ("a.b=v") are applied after the trainer's defaults, so any trainer key can
+    be overridden even when the config file leaves it at its default.
+    """
     from scenic.dataset_lib import datasets
-    from scenic.train_lib import lr_schedules, optimizers, trainer_config, trainers
+    from scenic.train_lib import (
+        ema,
+        lr_schedules,
+        mixup,
+        optimizers,
+        precision,
+        pretrained_init,
+        trainer_config,
+        trainers,
+    )
 
     name = config.get("model_name", "")
     if name not in models:
@@ -55,7 +83,9 @@ def resolve_config(config: ml_collections.ConfigDict, models: dict[str, type]):
             schema[key] = ml_collections.FieldReference(None, field_type=object)
     config_utils.check_schema(config, schema, free_sections=trainer_config.FREE_SECTIONS)
     config = config_utils.with_defaults(config, schema)
+    config_utils.apply_overrides(config, overrides, trainer_config.FREE_SECTIONS)
     config_utils.check_keys(config.model, model_cls.model_config_keys(), "model")
+    model_cls.check_config(config)
     builder = datasets.get_dataset_builder(config.dataset_name)
     config_utils.check_keys_against_signature(
         config.dataset_configs, builder, "dataset_configs", exclude=TRAINER_PROVIDED
@@ -64,6 +94,10 @@ def resolve_config(config: ml_collections.ConfigDict, models: dict[str, type]):
     steps = config.num_training_steps or 1 << 30  # epochs: checked again once data is known
     schedule = lr_schedules.compound_schedule(config.lr_configs, steps)
     optimizers.get_optimizer(config.optimizer, schedule)
+    mixup.from_config(config.mixup, None)
+    ema.from_config(config.ema)
+    precision.compute_dtype(config.compute_dtype)
+    pretrained_init.check_config(config.init_from)
     return config, model_cls
 
 
@@ -100,6 +134,13 @@ def make_main(
         eval_p = sub.add_parser("eval", help="evaluate the latest checkpoint in --workdir")
         eval_p.add_argument("--config", help="default: the config.json the run saved")
         eval_p.add_argument("--workdir", required=True)
+        for p in (train_p, eval_p):
+            add_distributed_flags(p)
+        train_p.add_argument(
+            "--profile",
+            action="store_true",
+            help="capture a JAX profiler trace of a few steps into WORKDIR/profile",
+        )
         sub.add_parser("list-configs", help="list the configs this project ships")
         args, extra = parser.parse_known_args(argv)
         try:
@@ -108,14 +149,32 @@ def make_main(
                 print("\n".join(config_utils.list_configs(config_package)))
                 return 0
             setup_logging()
+            from scenic.train_lib import distributed
+
+            distributed.initialize(
+                args.coordinator_address, args.num_processes, args.process_id, args.multihost
+            )
             if args.command == "train":
                 return run_train(args, overrides, config_package, models())
             return run_eval(args, overrides, config_package, models())
         except expected_errors() as error:
             print(f"{prog}: error: {error}", file=sys.stderr)
             return 2
+        except FloatingPointError as error:  # NonFiniteLossError: the run diverged
+            print(f"{prog}: training failed: {error}", file=sys.stderr)
+            return 1
 
     return main
+
+
+def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("multi-host (jax.distributed)")
+    group.add_argument("--coordinator_address", help="HOST:PORT of process 0's coordinator")
+    group.add_argument("--num_processes", type=int, help="number of processes in the run")
+    group.add_argument("--process_id", type=int, help="this process's index, 0..N-1")
+    group.add_argument(
+        "--multihost", action="store_true", help="let JAX detect the cluster (SLURM, MPI, ...)"
+    )
 
 
 def parse_overrides(extra: Sequence[str]) -> list[str]:
@@ -137,13 +196,20 @@ def run_train(args, overrides, config_package, models) -> int:
     from scenic.train_lib import trainers
 
     config = config_utils.load_config(args.config, config_package)
-    config_utils.apply_overrides(config, overrides)
-    config, model_cls = resolve_config(config, models)
+    if args.profile:
+        overrides = [*overrides, "profile_steps=5"]
+    config, model_cls = resolve_config(config, models, overrides)
     workdir = pathlib.Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     dataset = build_dataset(config)
     trainer = trainers.get_trainer(config.trainer_name)
     _, final = trainer.train(model_cls=model_cls, dataset=dataset, config=config, workdir=workdir)
+    if final.get("stopped_by"):
+        print(
+            f"Stopped by {final['stopped_by']} at step {final['step']}; checkpoint saved. "
+            "Run the same command again to resume."
+        )
+        return int(final["exit_code"])
     print(summary_line("test", final))
     return 0
 
@@ -159,8 +225,7 @@ def run_eval(args, overrides, config_package, models) -> int:
         if not saved.is_file():
             raise UsageError(f"{saved} does not exist; pass --config or a workdir of a run.")
         config = ml_collections.ConfigDict(json.loads(saved.read_text()))
-    config_utils.apply_overrides(config, overrides)
-    config, model_cls = resolve_config(config, models)
+    config, model_cls = resolve_config(config, models, overrides)
     dataset = build_dataset(config)
     trainer = trainers.get_trainer(config.trainer_name)
     metrics = trainer.evaluate_checkpoint(
@@ -173,7 +238,9 @@ def run_eval(args, overrides, config_package, models) -> int:
 def summary_line(what: str, metrics: dict) -> str:
     parts = [f"{what} {k}: {v:.2%}" for k, v in sorted(metrics.items()) if k == "accuracy"]
     parts += [
-        f"{k}: {v:.4f}" for k, v in sorted(metrics.items()) if k not in ("accuracy", "step")
+        f"{k}: {v:.4f}"
+        for k, v in sorted(metrics.items())
+        if k not in ("accuracy", "step") and isinstance(v, int | float)
     ]
     return f"step {metrics.get('step')} | " + " | ".join(parts)
 

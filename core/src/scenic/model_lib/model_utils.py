@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def one_hot_or_soft(labels: jnp.ndarray, num_classes: int) -> jnp.ndarray:
@@ -152,3 +153,31 @@ def confusion_matrix(labels, predictions, num_classes: int, weights=None) -> jnp
     flat = labels * num_classes + predictions
     counts = jnp.zeros((num_classes * num_classes,), jnp.float32).at[flat].add(w)
     return counts.reshape(num_classes, num_classes)
+
+
+def average_precision(scores, labels) -> float:
+    """Area under the precision-recall curve of one class, as a step function (each
+    positive's precision at its rank, averaged over positives; ties share a threshold),
+    matching scikit-learn's `average_precision_score`. NaN when there is no positive."""
+    scores = np.asarray(scores, np.float64)
+    labels = np.asarray(labels) > 0
+    if not labels.any():
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    scores, labels = scores[order], labels[order]
+    true_positives = np.cumsum(labels)
+    # Evaluate only at the last index of each group of tied scores.
+    last_of_tie = np.r_[scores[1:] != scores[:-1], True]
+    tp = true_positives[last_of_tie]
+    predicted = (np.arange(1, len(scores) + 1))[last_of_tie]
+    precision = tp / predicted
+    recall = tp / labels.sum()
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def mean_average_precision(scores, labels) -> float:
+    """Mean over classes (with at least one positive) of `average_precision`; `[N, C]`."""
+    scores, labels = np.asarray(scores), np.asarray(labels)
+    per_class = [average_precision(scores[:, c], labels[:, c]) for c in range(scores.shape[1])]
+    per_class = [ap for ap in per_class if not np.isnan(ap)]
+    return float(np.mean(per_class)) if per_class else 0.0

@@ -219,6 +219,16 @@ def _linear_resize(x: np.ndarray, size: int, axis: int) -> np.ndarray:
     return np.take(x, lo, axis) * (1 - w) + np.take(x, hi, axis) * w
 
 
+def check_config(config: ml_collections.ConfigDict | None) -> None:
+    """Checks `config.init_from` before a run starts: known keys, an existing checkpoint."""
+    if not config:
+        return
+    check_keys(config, CONFIG_KEYS, "init_from")
+    path = config.get("checkpoint")
+    if path and not pathlib.Path(path).exists():
+        raise ConfigError(f"init_from.checkpoint {path!r} does not exist.")
+
+
 def from_config(params, config: ml_collections.ConfigDict | None):
     """Applies `config.init_from` (keys: checkpoint, rename, reinit, posemb, allow_missing,
     allow_unused) to fresh `params`; returns (params, InitSummary or None if unset)."""

@@ -11,23 +11,28 @@ import jax.numpy as jnp
 
 @flax.struct.dataclass
 class TrainState:
-    """step, parameters, optimizer state, mutable model state (e.g. batch_stats), and the
-    base RNG key (raw uint32 data) from which every step's randomness is folded."""
+    """step, parameters, optimizer state, mutable model state (e.g. batch_stats), the
+    base RNG key (raw uint32 data) from which every step's randomness is folded, and the
+    exponential moving average of the parameters when the run keeps one."""
 
     step: jnp.ndarray
     params: Any
     opt_state: Any
     model_state: Any
     rng: jnp.ndarray
+    ema_params: Any = None
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "step": self.step,
             "params": self.params,
             "opt_state": self.opt_state,
             "model_state": self.model_state,
             "rng": self.rng,
         }
+        if self.ema_params is not None:
+            d["ema_params"] = self.ema_params
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainState:

@@ -30,9 +30,16 @@ def default_config() -> ml_collections.ConfigDict:
             "checkpoint_steps": 1000,
             "max_checkpoints_to_keep": 3,
             "prefetch_to_device": 2,
+            "grad_accumulation_steps": 1,
+            "profile_steps": 0,
+            "compute_dtype": "float32",
+            "multiview_test": False,
+            "mixup": {},
+            "ema": {},
+            "init_from": {},
         }
     )
 
 
 #: Sections whose keys are checked by whatever consumes them, not by the schema.
-FREE_SECTIONS = ("model", "dataset_configs", "optimizer", "lr_configs")
+FREE_SECTIONS = ("model", "dataset_configs", "optimizer", "lr_configs", "mixup", "ema", "init_from")

@@ -45,9 +45,7 @@ class PatchEmbedding(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (self.hidden_size,))
         patches = images.reshape(batch, height // ph, ph, width // pw, pw, channels)
         dtype = self.dtype or images.dtype
-        out = jnp.einsum(
-            "bhpwqc,pqcd->bhwd", patches.astype(dtype), kernel.astype(dtype)
-        )
+        out = jnp.einsum("bhpwqc,pqcd->bhwd", patches.astype(dtype), kernel.astype(dtype))
         return out + bias.astype(dtype)
 
 
@@ -74,7 +72,9 @@ class EncoderBlock(nn.Module):
         x = x + layers.StochasticDepth(self.stochastic_depth)(y, deterministic)
         y = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_2")(x)
         y = layers.MlpBlock(
-            mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate, dtype=self.dtype,
+            mlp_dim=self.mlp_dim,
+            dropout_rate=self.dropout_rate,
+            dtype=self.dtype,
             name="MlpBlock_3",
         )(y, deterministic=deterministic)
         return x + layers.StochasticDepth(self.stochastic_depth)(y, deterministic)
@@ -128,9 +128,7 @@ class MAPHead(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        probe = self.param(
-            "probe", nn.initializers.xavier_uniform(), (1, 1, x.shape[-1]), x.dtype
-        )
+        probe = self.param("probe", nn.initializers.xavier_uniform(), (1, 1, x.shape[-1]), x.dtype)
         probe = jnp.tile(probe, (x.shape[0], 1, 1))
         x = layers.MultiHeadAttention(num_heads=self.num_heads, dtype=self.dtype)(probe, x)
         y = nn.LayerNorm(dtype=self.dtype)(x)
@@ -180,7 +178,7 @@ class ViT(nn.Module):
         batch, grid_h, grid_w, width = x.shape
         x = x.reshape(batch, grid_h * grid_w, width)
         if self.classifier == "token":
-            cls = self.param("cls", nn.initializers.zeros, (1, 1, width), x.dtype)
+            cls = self.param("cls", nn.initializers.zeros, (1, 1, width)).astype(x.dtype)
             x = jnp.concatenate([jnp.tile(cls, (batch, 1, 1)), x], axis=1)
         x = Encoder(
             num_layers=self.num_layers,

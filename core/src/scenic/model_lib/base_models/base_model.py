@@ -59,6 +59,31 @@ class BaseModel:
             for name, values in self.per_example_metrics(logits, batch).items()
         }
 
+    def initialize_params(self, params) -> tuple[dict, str | None]:
+        """Model-specific initialisation of a fresh run's `params` (e.g. a video model
+        inflated from an image checkpoint); returns (params, a line saying what was done,
+        or None if nothing). Resumed runs keep their checkpoint instead."""
+        return params, None
+
+    def eval_totals(self, logits, batch, axis_name: str | None = None) -> dict[str, jnp.ndarray]:
+        """Arrays summed over the whole eval set (devices, hosts, batches), e.g. a confusion
+        matrix; turned into metrics by `global_metrics`. Sum over `axis_name` here."""
+        return {}
+
+    def eval_examples(self, logits, batch) -> dict[str, jnp.ndarray]:
+        """Per-example arrays kept for every real eval example (padding dropped), e.g.
+        scores and labels for mean average precision; see `global_metrics`."""
+        return {}
+
+    def global_metrics(self, totals: dict, examples: dict) -> dict[str, float]:
+        """Metrics that are not per-batch means (mAP, IoU), from the whole eval set."""
+        return {}
+
+    @classmethod
+    def check_config(cls, config: ml_collections.ConfigDict) -> None:
+        """Checks the model's own top-level config sections before a run starts (raise
+        `scenic.common_lib.config_utils.ConfigError` naming the problem)."""
+
     @classmethod
     def model_config_keys(cls) -> tuple[str, ...]:
         """Keys allowed in `config.model` (checked before training starts)."""

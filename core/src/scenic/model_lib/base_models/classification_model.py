@@ -34,10 +34,13 @@ class ClassificationModel(BaseModel):
 
     def per_example_metrics(self, logits, batch):
         targets = self.targets(batch)
-        return {
+        metrics = {
             "accuracy": model_utils.correctly_classified(logits, targets),
             "loss": model_utils.softmax_cross_entropy(logits, targets),
         }
+        if self.num_classes > 5:
+            metrics["accuracy_top5"] = model_utils.topk_correct(logits, targets, 5)
+        return metrics
 
 
 class MultiLabelClassificationModel(BaseModel):
@@ -56,6 +59,15 @@ class MultiLabelClassificationModel(BaseModel):
             label_smoothing=self.config.get("label_smoothing"),
         )
         return loss + self.l2_term(model_params)
+
+    def eval_examples(self, logits, batch):
+        return {"scores": logits, "labels": batch["label"]}
+
+    def global_metrics(self, totals, examples):
+        """Mean average precision over classes with a positive (AudioSet's mAP)."""
+        if not examples:
+            return {}
+        return {"mAP": model_utils.mean_average_precision(examples["scores"], examples["labels"])}
 
     def per_example_metrics(self, logits, batch):
         targets = batch["label"].astype(jnp.float32)

@@ -74,6 +74,19 @@ class SegmentationModel(BaseModel):
             for name, values in per_pixel.items()
         }
 
+    def eval_totals(self, logits, batch, axis_name=None):
+        return {"confusion": self.confusion_matrix(logits, batch, axis_name)}
+
+    def global_metrics(self, totals, examples):
+        if "confusion" not in totals:
+            return {}
+        iou = iou_from_confusion(totals["confusion"])
+        metrics = {"mean_iou": iou["mean_iou"]}
+        for index, value in enumerate(iou["per_class_iou"]):
+            if np.isfinite(value):
+                metrics[f"iou/class_{index}"] = float(value)
+        return metrics
+
     def confusion_matrix(self, logits, batch, axis_name=None):
         matrix = model_utils.confusion_matrix(
             batch["label"], jnp.argmax(logits, -1), self.num_classes, self.pixel_weights(batch)

@@ -1,0 +1,124 @@
+"""Eval-set-wide metrics: mAP against scikit-learn, IoU from summed confusion matrices, and
+the trainer's evaluate() dropping padded examples before computing them."""
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score
+
+from scenic.model_lib import model_utils
+from scenic.model_lib.base_models import MultiLabelClassificationModel, SegmentationModel
+from scenic.train_lib import classification_trainer
+from scenic.train_lib.train_state import replicate
+
+
+@pytest.mark.parametrize("case", ["random", "ties", "one_positive", "all_positive"])
+def test_average_precision_matches_sklearn(case):
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        n = int(rng.integers(1, 40))
+        scores = rng.normal(size=n)
+        labels = rng.random(n) < 0.3
+        if case == "ties":
+            scores = rng.integers(0, 3, size=n).astype(float)
+        elif case == "one_positive":
+            labels = np.zeros(n, bool)
+            labels[rng.integers(n)] = True
+        elif case == "all_positive":
+            labels = np.ones(n, bool)
+        if not labels.any():
+            assert np.isnan(model_utils.average_precision(scores, labels))
+            continue
+        expected = average_precision_score(labels, scores)
+        assert model_utils.average_precision(scores, labels) == pytest.approx(expected, abs=1e-12)
+
+
+def test_mean_average_precision_skips_classes_without_positives():
+    rng = np.random.default_rng(1)
+    scores = rng.normal(size=(30, 4))
+    labels = rng.random((30, 4)) < 0.4
+    labels[:, 2] = False
+    expected = np.mean([average_precision_score(labels[:, c], scores[:, c]) for c in (0, 1, 3)])
+    assert model_utils.mean_average_precision(scores, labels) == pytest.approx(expected)
+
+
+class FixedLogits:
+    """A stand-in flax module: logits are the inputs themselves."""
+
+    def apply(self, variables, inputs, train=False):
+        return inputs
+
+    def init(self, *args, **kwargs):  # pragma: no cover - not used
+        return {}
+
+
+def padded_eval_dataset(batches):
+    class Data:
+        def eval_batches(self):
+            return iter(batches)
+
+    return Data()
+
+
+def with_fixed_logits(model_cls):
+    return type(model_cls.__name__, (model_cls,), {"build_flax_model": lambda self: FixedLogits()})
+
+
+def run_evaluate(model, batches):
+    state = classification_trainer.TrainState(
+        step=np.zeros((), np.int32), params={}, opt_state={}, model_state={}, rng=np.zeros(2)
+    )
+    p_eval = jax.pmap(
+        lambda s, b: classification_trainer.eval_step(s, b, model=model),
+        axis_name=classification_trainer.AXIS,
+    )
+    return classification_trainer.evaluate(
+        p_eval, replicate(state), padded_eval_dataset(batches), 1, model
+    )
+
+
+def test_evaluate_computes_map_without_padded_examples():
+    rng = np.random.default_rng(2)
+    scores = rng.normal(size=(10, 3)).astype(np.float32)
+    labels = (rng.random((10, 3)) < 0.5).astype(np.int32)
+    labels[0] = 1
+    # Two batches of 6: the last two rows are padding with labels that would change mAP.
+    padded_scores = np.concatenate([scores, np.full((2, 3), 9.0, np.float32)])
+    padded_labels = np.concatenate([labels, np.zeros((2, 3), np.int32)])
+    mask = np.r_[np.ones(10), np.zeros(2)].astype(np.float32)
+    batches = [
+        {
+            "inputs": padded_scores[i : i + 6],
+            "label": padded_labels[i : i + 6],
+            "batch_mask": mask[i : i + 6],
+        }
+        for i in (0, 6)
+    ]
+    model = with_fixed_logits(MultiLabelClassificationModel)(
+        ml_collections.ConfigDict(), {"num_classes": 3}
+    )
+    metrics = run_evaluate(model, batches)
+    assert metrics["mAP"] == pytest.approx(model_utils.mean_average_precision(scores, labels))
+
+
+def test_evaluate_computes_iou_from_the_summed_confusion_matrix():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 3, size=(4, 5, 5))
+    logits = rng.normal(size=(4, 5, 5, 3)).astype(np.float32)
+    mask = np.array([1, 1, 1, 0], np.float32)
+    batches = [
+        {"inputs": logits[i : i + 2], "label": labels[i : i + 2], "batch_mask": mask[i : i + 2]}
+        for i in (0, 2)
+    ]
+    model = with_fixed_logits(SegmentationModel)(ml_collections.ConfigDict(), {"num_classes": 3})
+    metrics = run_evaluate(model, batches)
+    predicted = logits.argmax(-1)[:3].reshape(-1)
+    truth = labels[:3].reshape(-1)
+    ious = []
+    for c in range(3):
+        tp = np.sum((predicted == c) & (truth == c))
+        union = np.sum((predicted == c) | (truth == c))
+        ious.append(tp / union)
+        assert metrics[f"iou/class_{c}"] == pytest.approx(tp / union)
+    assert metrics["mean_iou"] == pytest.approx(np.mean(ious))

@@ -1,0 +1,1 @@
+"""Configs shipped with scenic-vivit; `scenic-vivit list-configs` lists them."""
