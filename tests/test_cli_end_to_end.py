@@ -68,13 +68,17 @@ def get_config():
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--config.model.hiden_size=8"], "Unknown config key 'model.hiden_size'"),
+        (
+            ["--config.model.hiden_size=8"],
+            "Unknown config key model.hiden_size: nothing reads it. Did you mean 'hidden_size'?",
+        ),
+        (["--config.num_trainng_steps=5"], "num_trainng_steps: nothing reads it"),
         (["--config.dataset_name=digitz"], "Unknown data set 'digitz'"),
         (["--config.model_name=vit_clasification"], "Unknown model_name 'vit_clasification'"),
         (["--config.optimizer.name=adamm"], "Unknown optimizer.name 'adamm'"),
         (
             ["--config.dataset_configs.image_size=8", "--config.dataset_configs.shift=2"],
-            "Unknown config key 'dataset_configs.shift'",
+            "Unknown config key dataset_configs.shift: nothing reads it.",
         ),
         (["--config.optimizer.name=sgd"], None),  # b1/b2 are adamw's: read by nobody
         (["--bogus"], "Unrecognised argument '--bogus'"),

@@ -79,10 +79,12 @@ def apply_overrides(
     config: ml_collections.ConfigDict,
     overrides: Iterable[str],
     open_sections: Iterable[str] = (),
+    open_top_level: bool = False,
 ) -> None:
     """Applies `a.b.c=value` overrides in place; only existing keys may be set, except
     directly inside `open_sections` (sections whose keys their consumer checks, such as
-    `optimizer`), where an override may add a key."""
+    `optimizer`) and, with `open_top_level`, at the top level (when a schema check
+    follows), where an override may add a key."""
     open_sections = tuple(open_sections)
     for item in overrides:
         key, sep, text = item.partition("=")
@@ -97,7 +99,10 @@ def apply_overrides(
                     + did_you_mean(part, list(node.keys()))
                 )
             node = node[part]
-        if leaf not in node and not (len(parents) == 1 and parents[0] in open_sections):
+        may_add = (len(parents) == 1 and parents[0] in open_sections) or (
+            not parents and open_top_level
+        )
+        if leaf not in node and not may_add:
             raise ConfigError(
                 f"Unknown config key {key!r} in override {item!r}."
                 + did_you_mean(leaf, list(node.keys()))

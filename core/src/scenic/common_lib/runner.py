@@ -56,8 +56,8 @@ def resolve_config(
 ):
     """Checks every key and name in `config`; returns (full config with defaults, model_cls).
 
-    `overrides` ("a.b=v") are applied after the trainer's defaults, so any trainer key can
-    be overridden even when the config file leaves it at its default.
+    `overrides` ("a.b=v") may also set keys the config file leaves at their defaults (every
+    key is then checked like the file's own).
     """
     from scenic.dataset_lib import datasets
     from scenic.train_lib import (
@@ -71,6 +71,9 @@ def resolve_config(
         trainers,
     )
 
+    config_utils.apply_overrides(
+        config, overrides, trainer_config.FREE_SECTIONS, open_top_level=True
+    )
     name = config.get("model_name", "")
     if name not in models:
         hint = config_utils.did_you_mean(str(name), models)
@@ -83,7 +86,6 @@ def resolve_config(
             schema[key] = ml_collections.FieldReference(None, field_type=object)
     config_utils.check_schema(config, schema, free_sections=trainer_config.FREE_SECTIONS)
     config = config_utils.with_defaults(config, schema)
-    config_utils.apply_overrides(config, overrides, trainer_config.FREE_SECTIONS)
     config_utils.check_keys(config.model, model_cls.model_config_keys(), "model")
     model_cls.check_config(config)
     builder = datasets.get_dataset_builder(config.dataset_name)

@@ -317,7 +317,7 @@ def train(
     p_train_step = jax.pmap(train_fn, axis_name=AXIS, donate_argnums=(0,))
     p_eval_step = jax.pmap(functools.partial(eval_step, model=model, dtype=dtype), axis_name=AXIS)
     p_all_finite = jax.pmap(lambda tree: all_finite(tree), axis_name=AXIS)
-    state = replicate(state)
+    state = replicate(state, axis_name=AXIS)
     writer = summaries.create_writer(str(workdir))
     # MFU estimate: training ~ 3x the forward FLOPs (forward + backward), against a matmul
     # timed here on one device times the device count.
@@ -522,10 +522,11 @@ def evaluate_checkpoint(
     state = TrainState.from_dict(checkpointer.restore(jax.device_get(state.to_dict())))
     checkpointer.close()
     p_eval_step = jax.pmap(functools.partial(eval_step, model=model, dtype=dtype), axis_name=AXIS)
-    state = replicate(state)
+    step = int(state.step)
+    state = replicate(state, axis_name=AXIS)
     metrics = evaluate(p_eval_step, state, dataset, config.prefetch_to_device, model)
     metrics.update(multiview_test(state, dataset, config, model, dtype))
-    metrics["step"] = int(state.step)
+    metrics["step"] = step
     if jax.process_index() == 0:
         write_json(workdir / "eval_metrics.json", metrics)
     return metrics

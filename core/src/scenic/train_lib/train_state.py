@@ -39,11 +39,15 @@ class TrainState:
         return cls(**d)
 
 
-def replicate(tree, devices=None):
-    """Copies every array to each local device, stacked on a leading device axis."""
+def replicate(tree, devices=None, axis_name: str = "batch"):
+    """Copies every array to each local device, stacked on a leading device axis.
+
+    The mesh axis is named like the pmap axis (`axis_name`): the pmapped step returns its
+    outputs on such a mesh, so an input placed the same way is not compiled a second time.
+    """
     devices = list(devices or jax.local_devices())
-    mesh = jax.sharding.Mesh(devices, ("devices",))
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("devices"))
+    mesh = jax.sharding.Mesh(devices, (axis_name,))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis_name))
 
     def put(x):
         x = jnp.asarray(x)
