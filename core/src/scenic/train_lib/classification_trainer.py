@@ -335,6 +335,7 @@ def train(
     if start_step >= num_steps:
         logger.info("Already trained for %d steps; evaluating only.", num_steps)
         eval_metrics = evaluate(p_eval_step, state, dataset, config.prefetch_to_device, model)
+        eval_metrics.update(multiview_test(state, dataset, config, model, dtype))
     loop_start = time.perf_counter()
     first_step_time, paused = 0.0, 0.0  # compile time; time spent in eval / checkpoints
     stop = preemption.StopRequest()
@@ -367,6 +368,8 @@ def train(
                     eval_metrics = evaluate(
                         p_eval_step, state, dataset, config.prefetch_to_device, model
                     )
+                    if step == num_steps:
+                        eval_metrics.update(multiview_test(state, dataset, config, model, dtype))
                     logger.info("eval at step %d: %s", step, format_metrics(eval_metrics))
                     writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
                 if do_save:
