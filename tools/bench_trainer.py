@@ -32,7 +32,6 @@ import itertools
 import logging
 import os
 import tempfile
-import time
 
 VIT_SHAPES = {
     "digits": dict(image=(16, 16, 1), patch=4, width=64, layers=4, heads=4, mlp=128, batch=128),
@@ -155,19 +154,12 @@ def model_registry(model_name: str) -> dict[str, type]:
 
 
 def peak_flops(dtype="float32", size: int = 2048, repeats: int = 10) -> float:
-    """FLOP/s of a square matmul on the default device (best of `repeats`)."""
-    import jax
+    """FLOP/s of a 2048x2048 matmul on the default device (the core's MFU reference)."""
     import jax.numpy as jnp
 
-    a = jnp.ones((size, size), dtype)
-    matmul = jax.jit(lambda x: x @ x)
-    matmul(a).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        matmul(a).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
+    from scenic.common_lib import debug_utils
+
+    return debug_utils.peak_matmul_flops(size=size, repeats=repeats, dtype=jnp.dtype(dtype))
 
 
 def train_flops_per_example(model, batch_size: int) -> float | None:

@@ -329,9 +329,7 @@ def release_check(args: argparse.Namespace, workdir: Path) -> int:
 
     trained = [p for p in packages if p.smoke_train]
     problems = [
-        line
-        for p in trained
-        if (line := check_smoke_train(venv, p, workdir / f"train-{p.name}"))
+        line for p in trained if (line := check_smoke_train(venv, p, workdir / f"train-{p.name}"))
     ]
     if problems:
         return fail("train", problems)

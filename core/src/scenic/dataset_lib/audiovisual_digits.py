@@ -32,13 +32,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 
 import numpy as np
 
 from scenic.dataset_lib import (
     audiovisual_dataset,
+    dataset_utils,
     digits_dataset,
     video_dataset,
     write_video_records,
@@ -133,12 +132,8 @@ def write_split(path: str, split: str, frames, waveforms, digits, occluded) -> i
 def prepare(data_dir: str | None = None) -> str:
     """The folder holding train.tfrecord and test.tfrecord, generated first if missing."""
     root = os.path.expanduser(data_dir or DEFAULT_DATA_DIR)
-    final = os.path.join(root, VERSION)
-    if os.path.isdir(final):
-        return final
-    os.makedirs(root, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=root)
-    try:
+
+    def write(folder):
         train_x, train_y, test_x, test_y = load_digit_split()
         info = {"version": VERSION, "occluded_fraction": OCCLUDED_FRACTION, "tones_hz": TONES_HZ}
         for split, images, digits, seed in (
@@ -146,18 +141,13 @@ def prepare(data_dir: str | None = None) -> str:
             ("test", test_x, test_y, 2),
         ):
             frames, waveforms, occluded = generate_split(images, digits, seed)
-            path = os.path.join(tmp, f"{split}.tfrecord")
+            path = os.path.join(folder, f"{split}.tfrecord")
             info[f"num_{split}"] = write_split(path, split, frames, waveforms, digits, occluded)
             info[f"num_{split}_occluded"] = int(occluded.sum())
-        with open(os.path.join(tmp, "info.json"), "w") as f:
+        with open(os.path.join(folder, "info.json"), "w") as f:
             json.dump(info, f, indent=1)
-        os.rename(tmp, final)
-    except OSError:
-        if not os.path.isdir(final):  # not another process finishing first
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+
+    return dataset_utils.write_once(os.path.join(root, VERSION), write)
 
 
 def build_audiovisual_digits(

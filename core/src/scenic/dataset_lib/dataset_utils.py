@@ -10,6 +10,9 @@ import collections
 import dataclasses
 import itertools
 import math
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -168,3 +171,27 @@ def per_example_uniform(seed: int, positions: np.ndarray, salt: int = 0) -> np.n
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
     return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def write_once(final: str, write: Callable[[str], None], is_complete=os.path.isdir) -> str:
+    """Creates the folder `final` with `write(tmp)` into a temporary sibling folder and an
+    atomic rename, unless `is_complete(final)` already.
+
+    An interrupted write never leaves a partial data set behind, and when several
+    processes generate the same data at once, the first complete copy wins.
+    """
+    if is_complete(final):
+        return final
+    parent = os.path.dirname(os.path.abspath(final))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.tmp-", dir=parent)
+    try:
+        write(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not is_complete(final):  # not another process finishing first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final

@@ -20,8 +20,6 @@ from __future__ import annotations
 import functools
 import io
 import os
-import shutil
-import tempfile
 
 import numpy as np
 
@@ -193,20 +191,12 @@ def prepare(data_dir: str | None = None, split_sizes: dict[str, int] | None = No
             f"{data_dir} exists but holds no prepared {NAME} {VERSION}; remove it or pass "
             "another data_dir."
         )
-    parent = os.path.dirname(data_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(data_dir)}.tmp-", dir=parent)
-    try:
+
+    def write(folder):
         splits = {split: tfds_examples(split, n) for split, n in split_sizes.items()}
-        write_tfds_dataset(NAME, VERSION, features(), splits, tmp)
-        try:
-            os.rename(tmp, data_dir)  # atomic; fails if another process got there first
-        except OSError:
-            if not is_prepared(data_dir):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return data_dir
+        write_tfds_dataset(NAME, VERSION, features(), splits, folder)
+
+    return dataset_utils.write_once(data_dir, write, is_complete=is_prepared)
 
 
 def build_digits_detection(

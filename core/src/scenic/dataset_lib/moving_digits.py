@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 
 import numpy as np
 
-from scenic.dataset_lib import digits_dataset, video_dataset, write_video_records
+from scenic.dataset_lib import dataset_utils, digits_dataset, video_dataset, write_video_records
 
 VERSION = "1.0.0"
 CANVAS = 16
@@ -110,11 +108,8 @@ def prepare(data_dir: str | None = None, speed: int = 1, train_clips_per_image: 
         raise ValueError("speed and train_clips_per_image must be >= 1.")
     root = os.path.expanduser(data_dir or DEFAULT_DATA_DIR)
     final = os.path.join(root, VERSION, f"speed{speed}_clips{train_clips_per_image}")
-    if os.path.isdir(final):
-        return final
-    os.makedirs(os.path.dirname(final), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(final))
-    try:
+
+    def write(folder):
         train_x, train_y, test_x, test_y = load_digit_split()
         info = {"version": VERSION, "speed": speed, "train_clips_per_image": train_clips_per_image}
         for split, images, digits, clips, seed in (
@@ -124,17 +119,12 @@ def prepare(data_dir: str | None = None, speed: int = 1, train_clips_per_image: 
             frames, labels, _, image_index, directions = generate_split(
                 images, digits, clips, speed, seed
             )
-            path = os.path.join(tmp, f"{split}.tfrecord")
+            path = os.path.join(folder, f"{split}.tfrecord")
             info[f"num_{split}"] = write_split(path, split, frames, labels, image_index, directions)
-        with open(os.path.join(tmp, "info.json"), "w") as f:
+        with open(os.path.join(folder, "info.json"), "w") as f:
             json.dump(info, f, indent=1)
-        os.rename(tmp, final)
-    except OSError:
-        if not os.path.isdir(final):  # not another process finishing first
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+
+    return dataset_utils.write_once(final, write)
 
 
 def build_moving_digits(
