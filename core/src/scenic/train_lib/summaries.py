@@ -103,17 +103,24 @@ class Progress:
         self._last_step, self._last_time = step, now
         eta = datetime.timedelta(seconds=round((self.total_steps - step) / max(steps_per_s, 1e-9)))
         shown = " | ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items()))
+        examples_per_s = steps_per_s * self.global_batch_size
         throughput = {
             "steps_per_sec": steps_per_s,
-            "examples_per_sec": steps_per_s * self.global_batch_size,
+            "examples_per_sec": examples_per_s,
+            "examples_per_sec_per_device": examples_per_s / jax.device_count(),
         }
+        mfu = ""
+        if self.train_flops_per_example and self.peak_flops:
+            throughput["mfu"] = examples_per_s * self.train_flops_per_example / self.peak_flops
+            mfu = f" | MFU {throughput['mfu']:.0%}"
         logger.info(
-            "step %d/%d | %s | %.1f steps/s | %.0f examples/s | ETA %s",
+            "step %d/%d | %s | %.1f steps/s | %.0f examples/s%s | ETA %s",
             step,
             self.total_steps,
             shown,
             steps_per_s,
-            throughput["examples_per_sec"],
+            examples_per_s,
+            mfu,
             eta,
         )
         return throughput

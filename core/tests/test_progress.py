@@ -1,0 +1,28 @@
+"""The progress report's throughput figures: examples/s, per device, and the MFU estimate."""
+
+import jax
+import pytest
+
+from scenic.train_lib import summaries
+
+
+def test_progress_reports_throughput_and_mfu(monkeypatch):
+    clock = iter([100.0, 100.0, 102.0])  # constructor (twice), then report: 2 s, 10 steps
+    monkeypatch.setattr(summaries.time, "perf_counter", lambda: next(clock))
+    progress = summaries.Progress(
+        total_steps=100,
+        start_step=0,
+        global_batch_size=64,
+        train_flops_per_example=3e9,
+        peak_flops=1e12,
+    )
+    figures = progress.report(10, {"loss": 1.0})
+    assert figures["steps_per_sec"] == pytest.approx(5.0)
+    assert figures["examples_per_sec"] == pytest.approx(320.0)
+    assert figures["examples_per_sec_per_device"] == pytest.approx(320.0 / jax.device_count())
+    assert figures["mfu"] == pytest.approx(320.0 * 3e9 / 1e12)
+
+
+def test_no_mfu_without_flops():
+    progress = summaries.Progress(total_steps=10, start_step=0, global_batch_size=8)
+    assert "mfu" not in progress.report(1, {})
