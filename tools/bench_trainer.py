@@ -2,13 +2,17 @@
 
     hatch run python tools/bench_trainer.py [--models digits reference vit_ti16 vit_s16]
         [--steps 30] [--batch N] [--devices N] [--compute-dtype float32|bfloat16]
+        [--remat] [--attention fused|unfused]
 
 For each model it runs `classification_trainer.train` (the code `scenic-baselines train` and
 `scenic-vivit train` run) on an in-memory synthetic data set served through the standard
 Dataset contract and `prefetch_to_device`, and prints examples/s (images or clips; after
 compilation), the model FLOPs per training example from XLA's cost analysis of forward +
 backward, the achieved FLOP/s, the peak FLOP/s of a 2048x2048 matmul in the compute dtype
-timed in the same process, and MFU = achieved / peak. JAX, flax, optax and NumPy only in
+timed in the same process, and MFU = achieved / peak (model FLOPs: a rematerialised run is
+credited with the FLOPs of the plain model, not its recomputation), and the temporary
+memory XLA plans for one forward + backward pass (its memory analysis; what remat and
+bfloat16 shrink). JAX, flax, optax and NumPy only in
 the timed path (no TensorFlow; clu's TensorBoard writer is not created), so it runs
 unchanged on a GPU machine. The allocator line says whether jemalloc is preloaded
 (LD_PRELOAD), which changes CPU throughput a lot (see tools/README.md).
@@ -23,6 +27,13 @@ Models (batch from the table unless --batch; the default run is the four ViTs):
   vivit_b16x2_fe       ViViT-B/16x2 factorised encoder (model and optimizer of
              vivit_b16x2_fe_k400), 32x224x224x3 clips, 400 classes, batch 2
 ViTs use AdamW; every model a constant learning rate.
+
+Speed levers, one per flag so each is measured rather than assumed: --compute-dtype bfloat16
+(activations and matmuls; parameters and optimizer state stay float32), --remat
+(`model.remat`: every encoder block recomputed in the backward pass), --attention unfused
+(replaces `jax.nn.dot_product_attention`, which the attention layer calls and which picks a
+fused kernel where the platform has one, by the explicit einsum-softmax-einsum). The train
+step always donates its state buffers.
 """
 
 from __future__ import annotations
@@ -102,7 +113,9 @@ def vit_model_config(name: str) -> dict:
     }
 
 
-def config_for(name: str, steps: int, batch: int | None, compute_dtype: str = "float32"):
+def config_for(
+    name: str, steps: int, batch: int | None, compute_dtype: str = "float32", remat: bool = False
+):
     """The full trainer config (defaults filled in, keys checked) of bench `name`."""
     import ml_collections
 
@@ -121,6 +134,7 @@ def config_for(name: str, steps: int, batch: int | None, compute_dtype: str = "f
         model_name, model = published.model_name, published.model.to_dict()
         optimizer = published.optimizer.to_dict()
         batch = batch or default_batch
+    model["remat"] = remat
     config = ml_collections.ConfigDict(
         {
             "experiment_name": f"bench_{name}",
@@ -162,12 +176,34 @@ def peak_flops(dtype="float32", size: int = 2048, repeats: int = 10) -> float:
     return debug_utils.peak_matmul_flops(size=size, repeats=repeats, dtype=jnp.dtype(dtype))
 
 
-def train_flops_per_example(model, batch_size: int) -> float | None:
-    """Forward + backward FLOPs of the loss per example (XLA cost analysis; no optimizer)."""
+def unfused_attention(query, key, value, bias=None, mask=None, **unused):
+    """`jax.nn.dot_product_attention` written out: [B, L, H, D] in, softmax(q k^T / sqrt(D)
+    + bias, masked) v out, every intermediate materialised."""
     import jax
     import jax.numpy as jnp
 
-    from scenic.common_lib import debug_utils
+    scale = 1.0 / jnp.sqrt(query.shape[-1]).astype(query.dtype)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", query * scale, key)
+    if bias is not None:
+        logits = logits + bias
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(value.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, value)
+
+
+def use_unfused_attention() -> None:
+    """Every attention layer in this process takes the unfused path (--attention unfused)."""
+    import jax
+
+    jax.nn.dot_product_attention = unfused_attention
+
+
+def train_step_costs(model, batch_size: int) -> tuple[float | None, int | None]:
+    """(FLOPs, temporary bytes) of one forward + backward pass of the loss over a batch,
+    from XLA's cost and memory analyses (no optimizer; None where the backend gives none)."""
+    import jax
+    import jax.numpy as jnp
 
     shape = model.dataset_meta_data["input_shape"][1:]
     x = jax.ShapeDtypeStruct((batch_size, *shape), jnp.float32)
@@ -180,8 +216,18 @@ def train_flops_per_example(model, batch_size: int) -> float | None:
         logits = model.flax_model.apply({"params": p}, inputs, train=False)
         return model.loss_function(logits.astype(jnp.float32), {"label": label})
 
-    flops = debug_utils.compiled_flops(jax.grad(loss), params, x, y)
-    return None if flops is None else flops / batch_size
+    compiled = jax.jit(jax.grad(loss)).lower(params, x, y).compile()
+    try:
+        flops = compiled.cost_analysis()
+        flops = flops[0] if isinstance(flops, list | tuple) else flops
+        flops = float(flops["flops"])
+    except Exception:  # best-effort on some backends
+        flops = None
+    try:
+        temp_bytes = int(compiled.memory_analysis().temp_size_in_bytes)
+    except Exception:
+        temp_bytes = None
+    return flops, temp_bytes
 
 
 def setup() -> None:
@@ -198,11 +244,13 @@ def measure(
     steps: int,
     batch: int | None = None,
     compute_dtype: str = "float32",
+    remat: bool = False,
     input_shape: tuple[int, ...] | None = None,
 ) -> dict:
     """Trains bench `name` for `steps` steps on synthetic data of `input_shape` (default: the
-    bench's own); returns batch, examples/s and training FLOPs per example (None if XLA
-    gives no cost analysis). Call `setup()` first."""
+    bench's own); returns batch, examples/s, model FLOPs per training example (None if XLA
+    gives no cost analysis) and the temporary bytes of a forward + backward pass. Call
+    `setup()` first."""
     from scenic.train_lib import classification_trainer
 
     if steps < 2:
@@ -211,7 +259,7 @@ def measure(
     num_classes = VIVIT_BENCHES[name][2] if name in VIVIT_BENCHES else NUM_CLASSES
     # One step more than timed, stopped after `steps`: the trainer then checkpoints but skips
     # the final evaluation (and compiling its eval step), which a benchmark does not need.
-    model_name, config = config_for(name, steps + 1, batch, compute_dtype)
+    model_name, config = config_for(name, steps + 1, batch, compute_dtype, remat)
     dataset = synthetic_dataset(shape, config.batch_size, num_classes)
     model_cls = model_registry(model_name)[model_name]
     with tempfile.TemporaryDirectory() as workdir:
@@ -222,11 +270,15 @@ def measure(
             workdir=workdir,
             stop_after_step=steps,
         )
-    per_example = train_flops_per_example(model_cls(config, dataset.meta_data), config.batch_size)
+    _, temp_bytes = train_step_costs(model_cls(config, dataset.meta_data), config.batch_size)
+    plain_config = config.copy_and_resolve_references()
+    plain_config.model.remat = False  # model FLOPs: without the recomputation
+    flops, _ = train_step_costs(model_cls(plain_config, dataset.meta_data), config.batch_size)
     return {
         "batch": config.batch_size,
         "examples_per_sec": final["train_examples_per_sec"],
-        "flops_per_example": per_example,
+        "flops_per_example": None if flops is None else flops / config.batch_size,
+        "temp_bytes": temp_bytes,
     }
 
 
@@ -248,6 +300,15 @@ def main() -> None:
         choices=("float32", "bfloat16"),
         help="config.compute_dtype (parameters and optimizer state stay float32)",
     )
+    parser.add_argument(
+        "--remat", action="store_true", help="model.remat: recompute blocks in the backward pass"
+    )
+    parser.add_argument(
+        "--attention",
+        default="fused",
+        choices=("fused", "unfused"),
+        help="jax.nn.dot_product_attention (fused where available) or einsum-softmax-einsum",
+    )
     args = parser.parse_args()
     if args.devices:
         os.environ["XLA_FLAGS"] = (
@@ -257,26 +318,37 @@ def main() -> None:
     import jax
 
     setup()
+    if args.attention == "unfused":
+        use_unfused_attention()
     peak = peak_flops(args.compute_dtype)
     device = jax.devices()[0]
     print(
         f"device: {device.device_kind} x{jax.device_count()} ({jax.default_backend()}), "
-        f"jax {jax.__version__}, allocator {allocator()}, compute dtype {args.compute_dtype}"
+        f"jax {jax.__version__}, allocator {allocator()}, compute dtype {args.compute_dtype}, "
+        f"remat {args.remat}, attention {args.attention}"
     )
     print(f"peak (2048^2 {args.compute_dtype} matmul, same process): {peak / 1e9:.0f} GFLOP/s\n")
     print(
         f"{'model':20s} {'batch':>5s} {'ex/s':>8s} {'unit':>6s} {'GFLOP/ex':>9s} "
-        f"{'GFLOP/s':>8s} {'MFU':>6s}"
+        f"{'GFLOP/s':>8s} {'MFU':>6s} {'temp MiB':>9s}"
     )
     for name in args.models:
-        result = measure(name, steps=args.steps, batch=args.batch, compute_dtype=args.compute_dtype)
+        result = measure(
+            name,
+            steps=args.steps,
+            batch=args.batch,
+            compute_dtype=args.compute_dtype,
+            remat=args.remat,
+        )
         rate, per_example = result["examples_per_sec"], result["flops_per_example"]
         achieved = rate * per_example if per_example else float("nan")
         unit = "clips" if name in VIVIT_BENCHES else "images"
         gflop = f"{per_example / 1e9:9.3f}" if per_example else f"{'n/a':>9s}"
+        temp = result["temp_bytes"]
+        temp = f"{temp / 2**20:9.1f}" if temp is not None else f"{'n/a':>9s}"
         print(
             f"{name:20s} {result['batch']:5d} {rate:8.2f} {unit:>6s} {gflop} "
-            f"{achieved / 1e9:8.1f} {achieved / peak:6.1%}",
+            f"{achieved / 1e9:8.1f} {achieved / peak:6.1%} {temp}",
             flush=True,
         )
 

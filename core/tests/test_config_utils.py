@@ -6,7 +6,7 @@ import pytest
 from scenic.common_lib import config_utils
 from scenic.common_lib.config_utils import ConfigError
 
-CONFIG_FILE = '''
+CONFIG_FILE = """
 import ml_collections
 
 def get_config(arg="small"):
@@ -17,7 +17,7 @@ def get_config(arg="small"):
     config.shape = (1, 2)
     config.model = ml_collections.ConfigDict({"width": 8, "name": "vit"})
     return config
-'''
+"""
 
 
 @pytest.fixture
@@ -89,3 +89,20 @@ def test_with_defaults_fills_missing_keys():
     defaults = ml_collections.ConfigDict({"a": 1, "sub": {"x": 1, "y": 2}})
     merged = config_utils.with_defaults(ml_collections.ConfigDict({"sub": {"x": 5}}), defaults)
     assert merged.a == 1 and merged.sub.x == 5 and merged.sub.y == 2
+
+
+def test_override_may_start_an_open_section_the_file_leaves_out(config_path):
+    """`--config.mixup.mixup_alpha=0.2` on a config without a `mixup` section creates it when
+    `mixup` is an open section and a schema check follows (open_top_level); elsewhere a
+    missing section stays an error."""
+    config = config_utils.load_config(str(config_path))
+    config_utils.apply_overrides(
+        config, ["mixup.mixup_alpha=0.2", "mixup.label_smoothing=0.1"], ["mixup"], True
+    )
+    assert config.mixup.to_dict() == {"mixup_alpha": 0.2, "label_smoothing": 0.1}
+    for open_sections, open_top_level in ((["mixup"], False), ((), True)):
+        fresh = config_utils.load_config(str(config_path))
+        with pytest.raises(ConfigError, match="Unknown config key 'mixup'"):
+            config_utils.apply_overrides(
+                fresh, ["mixup.mixup_alpha=0.2"], open_sections, open_top_level
+            )

@@ -1,14 +1,19 @@
-"""Eval-set-wide metrics: mAP against scikit-learn, IoU from summed confusion matrices, and
-the trainer's evaluate() dropping padded examples before computing them."""
+"""Eval-set-wide metrics: mAP against scikit-learn, IoU from summed confusion matrices,
+per-class accuracy against scikit-learn's recall, and the trainer's evaluate() dropping
+padded examples before computing them."""
 
 import jax
 import ml_collections
 import numpy as np
 import pytest
-from sklearn.metrics import average_precision_score
+from sklearn.metrics import average_precision_score, balanced_accuracy_score, recall_score
 
 from scenic.model_lib import model_utils
-from scenic.model_lib.base_models import MultiLabelClassificationModel, SegmentationModel
+from scenic.model_lib.base_models import (
+    ClassificationModel,
+    MultiLabelClassificationModel,
+    SegmentationModel,
+)
 from scenic.train_lib import classification_trainer
 from scenic.train_lib.train_state import replicate
 
@@ -122,3 +127,51 @@ def test_evaluate_computes_iou_from_the_summed_confusion_matrix():
         ious.append(tp / union)
         assert metrics[f"iou/class_{c}"] == pytest.approx(tp / union)
     assert metrics["mean_iou"] == pytest.approx(np.mean(ious))
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+@pytest.mark.parametrize("per_class", [False, True])
+def test_evaluate_computes_per_class_accuracy_without_padded_examples(per_class):
+    """Per-class accuracy is each class's recall; its mean over the classes that occur is
+    balanced accuracy (scikit-learn, on the real examples only). Class 4 never occurs; the
+    padding rows would change every figure if counted."""
+    rng = np.random.default_rng(4)
+    labels = rng.choice([0, 1, 2, 3, 5], size=23, p=[0.5, 0.2, 0.1, 0.1, 0.1])
+    logits = rng.normal(size=(23, 6)).astype(np.float32)
+    logits[np.arange(23), labels] += rng.random(23) < 0.6  # better than chance
+    padded_logits = np.concatenate([logits, np.full((9, 6), -5.0, np.float32)])
+    padded_logits[23:, 4] = 5.0
+    padded_labels = np.r_[labels, np.full(9, 4)].astype(np.int32)
+    mask = np.r_[np.ones(23), np.zeros(9)].astype(np.float32)
+    batches = [
+        {
+            "inputs": padded_logits[i : i + 8],
+            "label": padded_labels[i : i + 8],
+            "batch_mask": mask[i : i + 8],
+        }
+        for i in range(0, 32, 8)
+    ]
+    config = ml_collections.ConfigDict({"per_class_accuracy": per_class})
+    model = with_fixed_logits(ClassificationModel)(config, {"num_classes": 6})
+    metrics = run_evaluate(model, batches)
+    predicted = logits.argmax(-1)
+    assert metrics["mean_per_class_accuracy"] == pytest.approx(
+        balanced_accuracy_score(labels, predicted)
+    )
+    per_class_keys = sorted(k for k in metrics if k.startswith("per_class_accuracy/"))
+    if not per_class:
+        assert per_class_keys == []
+        return
+    assert per_class_keys == [f"per_class_accuracy/{c}" for c in (0, 1, 2, 3, 5)]
+    recalls = recall_score(labels, predicted, labels=[0, 1, 2, 3, 5], average=None)
+    for c, recall in zip((0, 1, 2, 3, 5), recalls, strict=True):
+        assert metrics[f"per_class_accuracy/{c}"] == pytest.approx(recall)
+
+
+def test_per_class_values_are_counted_not_listed_in_log_lines():
+    from scenic.common_lib import runner
+
+    metrics = {"accuracy": 0.5, "per_class_accuracy/0": 1.0, "per_class_accuracy/1": 0.0}
+    line = classification_trainer.format_metrics(metrics)
+    assert line == "accuracy=0.5000 (+2 per-class values)"
+    assert "per_class" not in runner.summary_line("test", {**metrics, "step": 3})

@@ -114,3 +114,45 @@ def test_multilabel_model_uses_sigmoid_loss():
         - np.log(1 / (1 + np.exp(-0.5)))
     )
     np.testing.assert_allclose(model.loss_function(logits, batch), expected, rtol=1e-5)
+
+
+def test_remat_recomputes_blocks_and_keeps_parameters_and_gradients():
+    """remat=True: same parameter tree, same loss and gradients (dropout and stochastic depth
+    active, so the recomputed forward must draw the same random numbers), and the backward
+    pass really is rematerialised (jax.checkpoint's primitive in the jaxpr)."""
+    kwargs = dict(
+        num_classes=3,
+        patch_size=(4, 4),
+        hidden_size=16,
+        num_layers=2,
+        num_heads=2,
+        mlp_dim=24,
+        dropout_rate=0.1,
+        stochastic_depth=0.2,
+    )
+    images = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
+    labels = jnp.arange(4) % 3
+    plain, remat = vit.ViT(**kwargs), vit.ViT(remat=True, **kwargs)
+    params = plain.init(jax.random.key(0), images, train=False)["params"]
+    remat_params = remat.init(jax.random.key(0), images, train=False)["params"]
+    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(remat_params)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params, remat_params)
+
+    def loss_fn(model):
+        def loss(p):
+            logits = model.apply(
+                {"params": p}, images, train=True, rngs={"dropout": jax.random.key(2)}
+            )
+            return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), labels])
+
+        return jax.value_and_grad(loss)
+
+    loss, grads = loss_fn(plain)(params)
+    remat_loss, remat_grads = loss_fn(remat)(params)
+    np.testing.assert_allclose(remat_loss, loss, rtol=1e-6)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), remat_grads, grads
+    )
+    # jax.checkpoint's primitive (remat2 in jax 0.10) recomputes in the backward pass.
+    assert "remat" in str(jax.make_jaxpr(loss_fn(remat))(params))
+    assert "remat" not in str(jax.make_jaxpr(loss_fn(plain))(params))

@@ -84,7 +84,8 @@ def apply_overrides(
     """Applies `a.b.c=value` overrides in place; only existing keys may be set, except
     directly inside `open_sections` (sections whose keys their consumer checks, such as
     `optimizer`) and, with `open_top_level`, at the top level (when a schema check
-    follows), where an override may add a key."""
+    follows), where an override may add a key, or start an open section the config file
+    leaves out (`--config.mixup.mixup_alpha=0.2`)."""
     open_sections = tuple(open_sections)
     for item in overrides:
         key, sep, text = item.partition("=")
@@ -93,6 +94,9 @@ def apply_overrides(
         *parents, leaf = key.split(".")
         node = config
         for depth, part in enumerate(parents):
+            if depth == 0 and open_top_level and part in open_sections and not node.get(part):
+                with node.unlocked():  # e.g. --config.mixup.mixup_alpha=0.2: a new section
+                    node[part] = ml_collections.ConfigDict()
             if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
                 raise ConfigError(
                     f"Unknown config key {'.'.join(parents[: depth + 1])!r} in override {item!r}."

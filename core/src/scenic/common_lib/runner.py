@@ -242,8 +242,8 @@ def summary_line(what: str, metrics: dict) -> str:
     parts += [
         f"{k}: {v:.4f}"
         for k, v in sorted(metrics.items())
-        if k not in ("accuracy", "step") and isinstance(v, int | float)
-    ]
+        if k not in ("accuracy", "step") and "/" not in k and isinstance(v, int | float)
+    ]  # per-class values ('per_class_accuracy/7', 'iou/class_3') are in the metrics JSON
     return f"step {metrics.get('step')} | " + " | ".join(parts)
 
 

@@ -496,7 +496,13 @@ def log_model_size(model, state: TrainState) -> float | None:
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
-    return ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
+    """One log line; per-class values (keys with a '/', e.g. `per_class_accuracy/7`) are
+    counted, not listed: they are in TensorBoard and the metrics JSON."""
+    shown = {k: v for k, v in metrics.items() if "/" not in k}
+    line = ", ".join(f"{k}={v:.4f}" for k, v in sorted(shown.items()))
+    if len(shown) < len(metrics):
+        line += f" (+{len(metrics) - len(shown)} per-class values)"
+    return line
 
 
 def write_json(path: pathlib.Path, data: dict) -> None:

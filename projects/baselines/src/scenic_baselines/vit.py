@@ -80,6 +80,17 @@ class EncoderBlock(nn.Module):
         return x + layers.StochasticDepth(self.stochastic_depth)(y, deterministic)
 
 
+def rematerialised(block_cls: type[nn.Module]) -> type[nn.Module]:
+    """`block_cls` whose activations are recomputed in the backward pass instead of kept.
+
+    Trades about one more forward pass of compute for memory that no longer grows with the
+    number of layers; parameter names are unchanged, so checkpoints load either way. The
+    block must take `(x, deterministic)` positionally: `deterministic` (argument 2, after the
+    module itself) is static.
+    """
+    return nn.remat(block_cls, static_argnums=(2,))
+
+
 class Encoder(nn.Module):
     """Position embedding, dropout, `num_layers` encoder blocks and a final LayerNorm."""
 
@@ -92,6 +103,7 @@ class Encoder(nn.Module):
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
     stochastic_depth: float = 0.0
+    remat: bool = False
     dtype: jnp.dtype | None = None
 
     @nn.compact
@@ -106,8 +118,9 @@ class Encoder(nn.Module):
         else:
             raise ValueError(f"ViT posemb must be 'learned' or 'sincos2d', got {self.posemb!r}.")
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+        block = rematerialised(EncoderBlock) if self.remat else EncoderBlock
         for i in range(self.num_layers):
-            x = EncoderBlock(
+            x = block(
                 mlp_dim=self.mlp_dim,
                 num_heads=self.num_heads,
                 dropout_rate=self.dropout_rate,
@@ -115,7 +128,7 @@ class Encoder(nn.Module):
                 stochastic_depth=self.stochastic_depth * i / max(self.num_layers - 1, 1),
                 dtype=self.dtype,
                 name=f"encoderblock_{i}",
-            )(x, deterministic=not train)
+            )(x, not train)
         return nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x)
 
 
@@ -149,6 +162,8 @@ class ViT(nn.Module):
       representation_size: optional pre-logits Dense + tanh layer width.
       stochastic_depth: drop-path rate of the last layer; layer i uses i/(L-1) of it.
       head_bias_init: initial value of the classifier bias (-10 for multi-label).
+      remat: recompute each encoder block's activations in the backward pass (less memory,
+        about a third more compute); parameters are the same either way.
     """
 
     num_classes: int | None
@@ -164,6 +179,7 @@ class ViT(nn.Module):
     attention_dropout_rate: float = 0.0
     stochastic_depth: float = 0.0
     head_bias_init: float = 0.0
+    remat: bool = False
     dtype: jnp.dtype | None = None
 
     @nn.compact
@@ -190,6 +206,7 @@ class ViT(nn.Module):
             dropout_rate=self.dropout_rate,
             attention_dropout_rate=self.attention_dropout_rate,
             stochastic_depth=self.stochastic_depth,
+            remat=self.remat,
             dtype=self.dtype,
             name="Transformer",
         )(x, train=train)

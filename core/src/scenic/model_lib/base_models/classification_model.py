@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from scenic.model_lib import model_utils
 from scenic.model_lib.base_models.base_model import BaseModel
@@ -11,10 +13,13 @@ from scenic.model_lib.base_models.base_model import BaseModel
 class ClassificationModel(BaseModel):
     """Softmax cross-entropy with optional label smoothing; reports loss and accuracy.
 
-    `batch['label']` holds integer classes `[B]` or soft / one-hot targets `[B, C]`.
+    `batch['label']` holds integer classes `[B]` or soft / one-hot targets `[B, C]` (the
+    class is their arg-max). Eval also reports `mean_per_class_accuracy` (the mean over
+    classes with eval examples: what matters on imbalanced data such as Epic-Kitchens), and
+    with `config.per_class_accuracy` each class's accuracy as `per_class_accuracy/{class}`.
     """
 
-    config_keys = (*BaseModel.config_keys, "label_smoothing")
+    config_keys = (*BaseModel.config_keys, "label_smoothing", "per_class_accuracy")
 
     @property
     def num_classes(self) -> int:
@@ -41,6 +46,36 @@ class ClassificationModel(BaseModel):
         if self.num_classes > 5:
             metrics["accuracy_top5"] = model_utils.topk_correct(logits, targets, 5)
         return metrics
+
+    def eval_totals(self, logits, batch, axis_name=None):
+        """Eval examples and correct predictions per class (summed over the eval set)."""
+        targets = self.targets(batch)
+        mask = batch.get("batch_mask")
+        weights = jnp.ones(logits.shape[0]) if mask is None else mask.astype(jnp.float32)
+        per_class = jax.nn.one_hot(jnp.argmax(targets, -1), self.num_classes) * weights[:, None]
+        correct = model_utils.correctly_classified(logits, targets)
+        totals = {
+            "class_examples": jnp.sum(per_class, axis=0),
+            "class_correct": jnp.sum(per_class * correct[:, None], axis=0),
+        }
+        return jax.lax.psum(totals, axis_name) if axis_name is not None else totals
+
+    def global_metrics(self, totals, examples):
+        if "class_examples" not in totals:
+            return {}
+        accuracy = per_class_accuracy(totals["class_correct"], totals["class_examples"])
+        present = np.flatnonzero(np.isfinite(accuracy))
+        metrics = {"mean_per_class_accuracy": float(np.mean(accuracy[present]))}
+        if self.config.get("per_class_accuracy"):
+            for index in present:
+                metrics[f"per_class_accuracy/{index}"] = float(accuracy[index])
+        return metrics
+
+
+def per_class_accuracy(correct, examples) -> np.ndarray:
+    """Accuracy of each class (NaN for classes without examples), from summed counts."""
+    correct, examples = np.asarray(correct, np.float64), np.asarray(examples, np.float64)
+    return np.where(examples > 0, correct / np.maximum(examples, 1.0), np.nan)
 
 
 class MultiLabelClassificationModel(BaseModel):
