@@ -199,14 +199,15 @@ def use_unfused_attention() -> None:
     jax.nn.dot_product_attention = unfused_attention
 
 
-def train_step_costs(model, batch_size: int) -> tuple[float | None, int | None]:
-    """(FLOPs, temporary bytes) of one forward + backward pass of the loss over a batch,
-    from XLA's cost and memory analyses (no optimizer; None where the backend gives none)."""
+def train_step_costs(model, batch_size: int, dtype=None) -> tuple[float | None, int | None]:
+    """(FLOPs, temporary bytes) of one forward + backward pass of the loss over a batch of
+    `dtype` inputs (the compute dtype), from XLA's cost and memory analyses (no optimizer;
+    None where the backend gives none)."""
     import jax
     import jax.numpy as jnp
 
     shape = model.dataset_meta_data["input_shape"][1:]
-    x = jax.ShapeDtypeStruct((batch_size, *shape), jnp.float32)
+    x = jax.ShapeDtypeStruct((batch_size, *shape), dtype or jnp.float32)
     y = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
     params = jax.eval_shape(
         lambda: model.flax_model.init(jax.random.key(0), jnp.zeros((1, *shape)), train=False)
@@ -270,10 +271,12 @@ def measure(
             workdir=workdir,
             stop_after_step=steps,
         )
-    _, temp_bytes = train_step_costs(model_cls(config, dataset.meta_data), config.batch_size)
+    model, dtype = classification_trainer.build_model(model_cls, config, dataset.meta_data)
+    _, temp_bytes = train_step_costs(model, config.batch_size, dtype)
     plain_config = config.copy_and_resolve_references()
     plain_config.model.remat = False  # model FLOPs: without the recomputation
-    flops, _ = train_step_costs(model_cls(plain_config, dataset.meta_data), config.batch_size)
+    plain, _ = classification_trainer.build_model(model_cls, plain_config, dataset.meta_data)
+    flops, _ = train_step_costs(plain, config.batch_size, dtype)
     return {
         "batch": config.batch_size,
         "examples_per_sec": final["train_examples_per_sec"],
@@ -351,6 +354,8 @@ def main() -> None:
             f"{achieved / 1e9:8.1f} {achieved / peak:6.1%} {temp}",
             flush=True,
         )
+    # The peak drifts on a shared machine: timed again after the runs, so the spread shows.
+    print(f"\npeak again after the runs: {peak_flops(args.compute_dtype) / 1e9:.0f} GFLOP/s")
 
 
 if __name__ == "__main__":

@@ -183,6 +183,11 @@ def eval_step(state: TrainState, batch, *, model, dtype=jnp.float32):
     variables = {"params": params, **state.model_state}
     batch = precision.cast_inputs(batch, dtype)
     logits = precision.to_float32(model.flax_model.apply(variables, batch["inputs"], train=False))
+    return eval_outputs(model, logits, batch)
+
+
+def eval_outputs(model, logits, batch):
+    """(metrics, totals, per-example outputs) of a batch's logits: what an eval step returns."""
     examples = model.eval_examples(logits, batch)
     if examples:
         examples["batch_mask"] = batch["batch_mask"]
@@ -203,14 +208,7 @@ def multiview_eval_step(state: TrainState, batch, *, model, dtype=jnp.float32):
     flat = precision.cast_inputs(flat, dtype)
     logits = precision.to_float32(model.flax_model.apply(variables, flat["inputs"], train=False))
     logits = logits.reshape(inputs.shape[0], inputs.shape[1], *logits.shape[1:]).mean(axis=1)
-    examples = model.eval_examples(logits, batch)
-    if examples:
-        examples["batch_mask"] = batch["batch_mask"]
-    return (
-        model.get_metrics(logits, batch, axis_name=AXIS),
-        model.eval_totals(logits, batch, axis_name=AXIS),
-        examples,
-    )
+    return eval_outputs(model, logits, batch)
 
 
 def multiview_test(state, dataset, config, model, dtype) -> dict[str, float]:
