@@ -175,3 +175,9 @@ def test_per_class_values_are_counted_not_listed_in_log_lines():
     line = classification_trainer.format_metrics(metrics)
     assert line == "accuracy=0.5000 (+2 per-class values)"
     assert "per_class" not in runner.summary_line("test", {**metrics, "step": 3})
+
+
+def test_per_class_accuracy_of_an_empty_eval_set_is_absent_not_nan():
+    model = with_fixed_logits(ClassificationModel)(ml_collections.ConfigDict(), {"num_classes": 3})
+    zeros = np.zeros(3)
+    assert model.global_metrics({"class_examples": zeros, "class_correct": zeros}, {}) == {}

@@ -287,8 +287,9 @@ class ViViT(nn.Module):
       representation_size: optional pre-logits Dense + tanh layer width.
       stochastic_depth: drop-path rate of the last layer; layer i uses i/(L-1) of it.
       head_bias_init: initial value of the classifier bias (-10 for multi-label).
-      remat: recompute each encoder block's activations in the backward pass (less memory,
-        about a third more compute); parameters are the same either way.
+      remat: recompute each encoder block's activations in the backward pass (about a
+        quarter more compute; parameters are the same either way). Meant to save activation
+        memory on accelerators; XLA:CPU was measured to save none (tools/README.md).
     """
 
     num_classes: int | None

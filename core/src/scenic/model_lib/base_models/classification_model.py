@@ -65,6 +65,8 @@ class ClassificationModel(BaseModel):
             return {}
         accuracy = per_class_accuracy(totals["class_correct"], totals["class_examples"])
         present = np.flatnonzero(np.isfinite(accuracy))
+        if not present.size:  # an empty eval set
+            return {}
         metrics = {"mean_per_class_accuracy": float(np.mean(accuracy[present]))}
         if self.config.get("per_class_accuracy"):
             for index in present:
