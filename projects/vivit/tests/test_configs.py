@@ -103,7 +103,8 @@ def test_docstring_opens_with_the_command_that_runs_it(name):
     overrides = runner.parse_overrides(argv[6:])
     # The docstring's checkpoint is a $VIT/... placeholder: point it at a file that exists.
     overrides = [
-        f"init_from_vit.checkpoint={EXISTING_FILE}" if o.startswith("init_from_vit.checkpoint=")
+        f"init_from_vit.checkpoint={EXISTING_FILE}"
+        if o.startswith("init_from_vit.checkpoint=")
         else o
         for o in overrides
     ]

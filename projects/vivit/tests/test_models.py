@@ -63,7 +63,10 @@ def test_multihead_loss_and_metrics_match_numpy(smoothing):
     splits = [3, 4, 2]
     model = ViViTMultiHeadClassification(
         config(
-            class_splits=splits, split_names=["verb", "noun", "hand"], label_smoothing=smoothing
+            class_splits=splits,
+            split_names=["verb", "noun", "hand"],
+            label_smoothing=smoothing,
+            per_class_accuracy=True,
         ),
         {"num_classes": 9},
     )
@@ -100,6 +103,20 @@ def test_multihead_loss_and_metrics_match_numpy(smoothing):
         assert metrics["accuracy"][0] == (joint * mask).sum()
         assert metrics["accuracy"][1] == mask.sum()
         np.testing.assert_allclose(metrics["loss"][0], (sum(per_head) * mask).sum(), rtol=1e-5)
+        # Per-class accuracy of each head over the real examples: NumPy, class by class.
+        totals = jax.tree.map(np.asarray, model.eval_totals(jnp.asarray(logits), batch))
+        listed = model.global_metrics(totals, {})
+        for i, name in enumerate(["verb", "noun", "hand"]):
+            real = mask > 0
+            present = np.unique(labels[real, i])
+            expected = {c: correct[i][real & (labels[:, i] == c)].mean() for c in present}
+            assert listed[f"mean_per_class_accuracy_{name}"] == pytest.approx(
+                np.mean(list(expected.values()))
+            )
+            for c, value in expected.items():
+                assert listed[f"per_class_accuracy_{name}/{c}"] == pytest.approx(value)
+            absent = set(range(splits[i])) - set(present.tolist())
+            assert not {f"per_class_accuracy_{name}/{c}" for c in absent} & set(listed)
     assert 0 < (joint * mask).sum() < (correct[0] * mask).sum()
 
 
@@ -128,3 +145,44 @@ def test_multilabel_model_uses_sigmoid_loss():
     y = np.array([1.0, 0.0, 1.0])
     expected = -(y * np.log(1 / (1 + np.exp(-x))) + (1 - y) * np.log(1 / (1 + np.exp(x)))).sum()
     np.testing.assert_allclose(model.loss_function(logits, batch), expected, rtol=1e-5)
+
+
+def test_multihead_per_class_accuracy_through_the_trainers_evaluate():
+    """Nested per-head totals are psum'ed in the pmapped eval step, summed over batches and
+    turned into each head's mean per-class accuracy; padding rows do not count."""
+    from scenic.train_lib import classification_trainer
+    from scenic.train_lib.train_state import replicate
+
+    class FixedLogits:
+        def apply(self, variables, inputs, train=False):
+            return inputs
+
+    model = ViViTMultiHeadClassification(
+        config(class_splits=[2, 3], split_names=["verb", "noun"]), {"num_classes": 5}
+    )
+    model.flax_model = FixedLogits()
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(8, 5)).astype(np.float32)
+    labels = np.stack([rng.integers(0, 2, 8), rng.integers(0, 3, 8)], axis=1).astype(np.int32)
+    mask = np.r_[np.ones(6), np.zeros(2)].astype(np.float32)
+    batches = [
+        {"inputs": logits[i : i + 4], "label": labels[i : i + 4], "batch_mask": mask[i : i + 4]}
+        for i in (0, 4)
+    ]
+
+    class Data:
+        def eval_batches(self):
+            return iter(batches)
+
+    state = classification_trainer.TrainState(
+        step=np.zeros((), np.int32), params={}, opt_state={}, model_state={}, rng=np.zeros(2)
+    )
+    p_eval = jax.pmap(
+        lambda s, b: classification_trainer.eval_step(s, b, model=model),
+        axis_name=classification_trainer.AXIS,
+    )
+    metrics = classification_trainer.evaluate(p_eval, replicate(state), Data(), 1, model)
+    for head, (name, columns) in enumerate((("verb", slice(0, 2)), ("noun", slice(2, 5)))):
+        predicted, truth = logits[:6, columns].argmax(-1), labels[:6, head]
+        expected = np.mean([np.mean(predicted[truth == c] == c) for c in np.unique(truth)])
+        assert metrics[f"mean_per_class_accuracy_{name}"] == pytest.approx(expected)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from scenic.model_lib import model_utils
+from scenic.model_lib.base_models import classification_model
 from scenic.model_lib.base_models.base_model import BaseModel
 from scenic.model_lib.base_models.classification_model import (
     ClassificationModel,
@@ -103,12 +104,15 @@ class ViViTMultiHeadClassification(InitFromViT, BaseModel):
     is either integer classes `[B, num_heads]` or the heads' one-hot / soft targets side by
     side, `[B, sum(class_splits)]`. Loss: the sum over heads of each head's mean
     cross-entropy. Metrics: `accuracy_<head>`, `loss_<head>`, `loss` (their sum) and
-    `accuracy`, the joint accuracy (every head correct).
+    `accuracy`, the joint accuracy (every head correct); at eval also
+    `mean_per_class_accuracy_<head>` and, with `config.per_class_accuracy`, each class's
+    `per_class_accuracy_<head>/{class}`.
     """
 
     config_keys = (
         *BaseModel.config_keys,
         "label_smoothing",
+        "per_class_accuracy",
         "class_splits",
         "split_names",
         "init_from_vit",
@@ -188,6 +192,26 @@ class ViViTMultiHeadClassification(InitFromViT, BaseModel):
             metrics[f"accuracy_{name}"], metrics[f"loss_{name}"] = correct[-1], losses[-1]
         metrics["accuracy"] = jnp.prod(jnp.stack(correct), axis=0)
         metrics["loss"] = sum(losses)
+        return metrics
+
+    def eval_totals(self, logits, batch, axis_name=None):
+        """Per head: eval examples and correct predictions per class."""
+        mask = batch.get("batch_mask")
+        return {
+            name: classification_model.class_counts(head_logits, targets, mask, axis_name)
+            for name, head_logits, targets in zip(
+                self.split_names, self.split(logits), self.head_targets(batch)
+            )
+        }
+
+    def global_metrics(self, totals, examples):
+        listed = bool(self.config.get("per_class_accuracy"))
+        metrics = {}
+        for name in self.split_names:
+            if name in totals:
+                metrics.update(
+                    classification_model.per_class_metrics(totals[name], f"_{name}", listed)
+                )
         return metrics
 
 

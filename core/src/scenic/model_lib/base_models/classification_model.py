@@ -49,29 +49,39 @@ class ClassificationModel(BaseModel):
 
     def eval_totals(self, logits, batch, axis_name=None):
         """Eval examples and correct predictions per class (summed over the eval set)."""
-        targets = self.targets(batch)
-        mask = batch.get("batch_mask")
-        weights = jnp.ones(logits.shape[0]) if mask is None else mask.astype(jnp.float32)
-        per_class = jax.nn.one_hot(jnp.argmax(targets, -1), self.num_classes) * weights[:, None]
-        correct = model_utils.correctly_classified(logits, targets)
-        totals = {
-            "class_examples": jnp.sum(per_class, axis=0),
-            "class_correct": jnp.sum(per_class * correct[:, None], axis=0),
-        }
-        return jax.lax.psum(totals, axis_name) if axis_name is not None else totals
+        return class_counts(logits, self.targets(batch), batch.get("batch_mask"), axis_name)
 
     def global_metrics(self, totals, examples):
-        if "class_examples" not in totals:
-            return {}
-        accuracy = per_class_accuracy(totals["class_correct"], totals["class_examples"])
-        present = np.flatnonzero(np.isfinite(accuracy))
-        if not present.size:  # an empty eval set
-            return {}
-        metrics = {"mean_per_class_accuracy": float(np.mean(accuracy[present]))}
-        if self.config.get("per_class_accuracy"):
-            for index in present:
-                metrics[f"per_class_accuracy/{index}"] = float(accuracy[index])
-        return metrics
+        return per_class_metrics(totals, listed=bool(self.config.get("per_class_accuracy")))
+
+
+def class_counts(logits, targets, batch_mask=None, axis_name=None) -> dict[str, jnp.ndarray]:
+    """`class_examples` and `class_correct` [C] of one batch (class = arg-max of `targets`;
+    padding excluded), summed over `axis_name`: eval totals for `per_class_metrics`."""
+    weights = jnp.ones(logits.shape[0]) if batch_mask is None else batch_mask.astype(jnp.float32)
+    per_class = jax.nn.one_hot(jnp.argmax(targets, -1), logits.shape[-1]) * weights[:, None]
+    correct = model_utils.correctly_classified(logits, targets)
+    totals = {
+        "class_examples": jnp.sum(per_class, axis=0),
+        "class_correct": jnp.sum(per_class * correct[:, None], axis=0),
+    }
+    return jax.lax.psum(totals, axis_name) if axis_name is not None else totals
+
+
+def per_class_metrics(totals: dict, suffix: str = "", listed: bool = False) -> dict[str, float]:
+    """`mean_per_class_accuracy{suffix}` over the classes with eval examples and, if
+    `listed`, `per_class_accuracy{suffix}/{class}` for each, from summed `class_counts`."""
+    if "class_examples" not in totals:
+        return {}
+    accuracy = per_class_accuracy(totals["class_correct"], totals["class_examples"])
+    present = np.flatnonzero(np.isfinite(accuracy))
+    if not present.size:  # an empty eval set
+        return {}
+    metrics = {f"mean_per_class_accuracy{suffix}": float(np.mean(accuracy[present]))}
+    if listed:
+        for index in present:
+            metrics[f"per_class_accuracy{suffix}/{index}"] = float(accuracy[index])
+    return metrics
 
 
 def per_class_accuracy(correct, examples) -> np.ndarray:
