@@ -147,8 +147,8 @@ def test_remat_recomputes_blocks_and_keeps_parameters_and_gradients():
 
         return jax.value_and_grad(loss)
 
-    loss, grads = loss_fn(plain)(params)
-    remat_loss, remat_grads = loss_fn(remat)(params)
+    loss, grads = jax.jit(loss_fn(plain))(params)
+    remat_loss, remat_grads = jax.jit(loss_fn(remat))(params)
     np.testing.assert_allclose(remat_loss, loss, rtol=1e-6)
     jax.tree_util.tree_map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), remat_grads, grads
