@@ -82,6 +82,8 @@ def breakdown(name: str, steps: int, repeats: int) -> dict:
     import jax
     import jax.numpy as jnp
 
+    from scenic.common_lib import debug_utils
+
     trainer = bench_trainer.measure(name, steps=steps)
     _, config = bench_trainer.config_for(name, steps, None)
     model_cls = bench_trainer.model_registry(config.model_name)[config.model_name]
@@ -92,25 +94,20 @@ def breakdown(name: str, steps: int, repeats: int) -> dict:
     x = jnp.asarray(next(dataset.train_batches(0))["inputs"])
     y = jnp.zeros((batch,), jnp.int32)
     params = model.flax_model.init(jax.random.key(0), x[:1], train=False)["params"]
-
-    def loss(p, inputs, label):
-        logits = model.flax_model.apply({"params": p}, inputs, train=False)
-        return model.loss_function(logits.astype(jnp.float32), {"label": label})
-
+    loss = bench_trainer.training_loss(model)
     grad = jax.jit(jax.grad(loss))
     grad_s = best_time(grad, params, x, y, repeats=repeats)
     eqns = dot_generals(jax.make_jaxpr(jax.grad(loss))(params, x, y))
     run_dots, operands = dots_only(eqns)
     dots_s = best_time(run_dots, operands, repeats=repeats)
-    dot_flops = run_dots.lower(operands).compile().cost_analysis()
-    dot_flops = dot_flops[0] if isinstance(dot_flops, list | tuple) else dot_flops
+    dot_flops = debug_utils.compiled_flops(run_dots, operands)
     return {
         "batch": batch,
         "step_s": batch / trainer["examples_per_sec"],
         "grad_s": grad_s,
         "dots_s": dots_s,
         "num_dots": len(eqns),
-        "dot_flops": float(dot_flops["flops"]),
+        "dot_flops": dot_flops,
         "model_flops": trainer["flops_per_example"] * batch,
     }
 

@@ -199,6 +199,18 @@ def use_unfused_attention() -> None:
     jax.nn.dot_product_attention = unfused_attention
 
 
+def training_loss(model):
+    """`loss(params, inputs, label)` of a base model: the forward + backward the benchmarks
+    analyse (eval-mode forward, float32 logits, the model's own loss)."""
+    import jax.numpy as jnp
+
+    def loss(params, inputs, label):
+        logits = model.flax_model.apply({"params": params}, inputs, train=False)
+        return model.loss_function(logits.astype(jnp.float32), {"label": label})
+
+    return loss
+
+
 def train_step_costs(model, batch_size: int, dtype=None) -> tuple[float | None, int | None]:
     """(FLOPs, temporary bytes) of one forward + backward pass of the loss over a batch of
     `dtype` inputs (the compute dtype), from XLA's cost and memory analyses (no optimizer;
@@ -206,29 +218,15 @@ def train_step_costs(model, batch_size: int, dtype=None) -> tuple[float | None, 
     import jax
     import jax.numpy as jnp
 
+    from scenic.common_lib import debug_utils
+
     shape = model.dataset_meta_data["input_shape"][1:]
     x = jax.ShapeDtypeStruct((batch_size, *shape), dtype or jnp.float32)
     y = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
     params = jax.eval_shape(
         lambda: model.flax_model.init(jax.random.key(0), jnp.zeros((1, *shape)), train=False)
     )["params"]
-
-    def loss(p, inputs, label):
-        logits = model.flax_model.apply({"params": p}, inputs, train=False)
-        return model.loss_function(logits.astype(jnp.float32), {"label": label})
-
-    compiled = jax.jit(jax.grad(loss)).lower(params, x, y).compile()
-    try:
-        flops = compiled.cost_analysis()
-        flops = flops[0] if isinstance(flops, list | tuple) else flops
-        flops = float(flops["flops"])
-    except Exception:  # best-effort on some backends
-        flops = None
-    try:
-        temp_bytes = int(compiled.memory_analysis().temp_size_in_bytes)
-    except Exception:
-        temp_bytes = None
-    return flops, temp_bytes
+    return debug_utils.compiled_costs(jax.grad(training_loss(model)), params, x, y)
 
 
 def setup() -> None:

@@ -18,15 +18,29 @@ def compiled_flops(fn, *args) -> float | None:
 
     `args` may be `jax.ShapeDtypeStruct`s: nothing is executed.
     """
+    return compiled_costs(fn, *args)[0]
+
+
+def compiled_costs(fn, *args) -> tuple[float | None, int | None]:
+    """(FLOPs, temporary bytes) of one call of `fn(*args)` from one compilation: XLA's cost
+    and memory analyses, each None where the backend gives none. `args` may be
+    `jax.ShapeDtypeStruct`s."""
     try:
-        analysis = jax.jit(fn).lower(*args).compile().cost_analysis()
-    except Exception:  # cost analysis is best-effort on some backends
-        return None
-    if isinstance(analysis, list | tuple):
-        analysis = analysis[0] if analysis else None
-    if not analysis or "flops" not in analysis:
-        return None
-    return float(analysis["flops"])
+        compiled = jax.jit(fn).lower(*args).compile()
+    except Exception:  # analyses are best-effort on some backends
+        return None, None
+    try:
+        analysis = compiled.cost_analysis()
+        if isinstance(analysis, list | tuple):
+            analysis = analysis[0] if analysis else None
+        flops = float(analysis["flops"]) if analysis and "flops" in analysis else None
+    except Exception:
+        flops = None
+    try:
+        temp_bytes = int(compiled.memory_analysis().temp_size_in_bytes)
+    except Exception:
+        temp_bytes = None
+    return flops, temp_bytes
 
 
 def peak_matmul_flops(size: int = 1024, repeats: int = 5, dtype=jnp.float32) -> float:

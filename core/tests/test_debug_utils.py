@@ -1,0 +1,20 @@
+"""XLA cost analyses and parameter counts used for the MFU estimate and the benchmarks."""
+
+import jax
+import jax.numpy as jnp
+
+from scenic.common_lib import debug_utils
+
+
+def test_compiled_costs_of_a_matmul_from_shapes_alone():
+    a = jax.ShapeDtypeStruct((64, 32), jnp.float32)
+    b = jax.ShapeDtypeStruct((32, 16), jnp.float32)
+    flops, temp_bytes = debug_utils.compiled_costs(lambda x, y: jnp.tanh(x @ y) @ y.T, a, b)
+    assert flops >= 2 * 64 * 32 * 16 * 2  # two matmuls (XLA may add the tanh's)
+    assert flops < 2 * 64 * 32 * 16 * 2 * 1.1
+    assert isinstance(temp_bytes, int) and temp_bytes >= 0
+    assert debug_utils.compiled_flops(lambda x, y: x @ y, a, b) == 2 * 64 * 32 * 16
+
+
+def test_count_parameters():
+    assert debug_utils.count_parameters({"w": jnp.zeros((3, 4)), "b": [jnp.zeros(4)]}) == 16
