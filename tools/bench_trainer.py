@@ -176,27 +176,17 @@ def peak_flops(dtype="float32", size: int = 2048, repeats: int = 10) -> float:
     return debug_utils.peak_matmul_flops(size=size, repeats=repeats, dtype=jnp.dtype(dtype))
 
 
-def unfused_attention(query, key, value, bias=None, mask=None, **unused):
-    """`jax.nn.dot_product_attention` written out: [B, L, H, D] in, softmax(q k^T / sqrt(D)
-    + bias, masked) v out, every intermediate materialised."""
-    import jax
-    import jax.numpy as jnp
-
-    scale = 1.0 / jnp.sqrt(query.shape[-1]).astype(query.dtype)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", query * scale, key)
-    if bias is not None:
-        logits = logits + bias
-    if mask is not None:
-        logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(value.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", weights, value)
-
-
 def use_unfused_attention() -> None:
-    """Every attention layer in this process takes the unfused path (--attention unfused)."""
+    """Every attention layer in this process takes the unfused path (--attention unfused):
+    the layers' own einsum-softmax-einsum in place of `jax.nn.dot_product_attention`."""
     import jax
 
-    jax.nn.dot_product_attention = unfused_attention
+    from scenic.model_lib.layers import attention_layers
+
+    def unfused(query, key, value, bias=None, mask=None, **unused):
+        return attention_layers.einsum_attention(query, key, value, bias, mask)
+
+    jax.nn.dot_product_attention = unfused
 
 
 def training_loss(model):

@@ -38,6 +38,23 @@ def _merge_batch_dims(x, batch_shape: tuple):
     return jnp.broadcast_to(x, batch_shape + x.shape[-3:]).reshape((-1, *x.shape[-3:]))
 
 
+def einsum_attention(query, key, value, bias=None, mask=None, *, dropout=None):
+    """softmax(q k^T / sqrt(head_dim) + bias, masked) v, written out on `[..., length,
+    heads, head_dim]` inputs: what `jax.nn.dot_product_attention` computes, with every
+    intermediate materialised and, if given, `dropout` applied to the attention weights
+    (which the fused call cannot do)."""
+    scale = 1.0 / jnp.sqrt(query.shape[-1]).astype(query.dtype)
+    logits = jnp.einsum("...qhd,...khd->...hqk", query * scale, key)
+    if bias is not None:
+        logits = logits + bias.astype(logits.dtype)
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+    weights = jax.nn.softmax(logits, axis=-1)
+    if dropout is not None:
+        weights = dropout(weights)
+    return jnp.einsum("...hqk,...khd->...qhd", weights, value)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention from `inputs_q` to `inputs_kv` (self-attention if omitted).
 
@@ -122,15 +139,14 @@ class MultiHeadAttention(nn.Module):
         query, key, value = (t.reshape((-1, *t.shape[-3:])) for t in (query, key, value))
 
         if self.dropout_rate > 0.0 and not deterministic:
-            scale = 1.0 / jnp.sqrt(head_dim).astype(query.dtype)
-            logits = jnp.einsum("...qhd,...khd->...hqk", query * scale, key)
-            if attention_bias is not None:
-                logits = logits + attention_bias.astype(logits.dtype)
-            if mask is not None:
-                logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
-            weights = jax.nn.softmax(logits, axis=-1)
-            weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
-            attended = jnp.einsum("...hqk,...khd->...qhd", weights, value)
+            attended = einsum_attention(
+                query,
+                key,
+                value,
+                attention_bias,
+                mask,
+                dropout=lambda w: nn.Dropout(self.dropout_rate)(w, deterministic=False),
+            )
         else:
             if attention_bias is not None:
                 attention_bias = attention_bias.astype(query.dtype)
