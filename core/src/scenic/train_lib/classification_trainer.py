@@ -229,6 +229,13 @@ def multiview_test(state, dataset, config, model, dtype) -> dict[str, float]:
     return {f"multiview_{k}": v for k, v in metrics.items()}
 
 
+def final_evaluation(p_eval_step, state, dataset, config, model, dtype) -> dict[str, float]:
+    """The eval pass plus, when configured, the multi-view test: a run's last word."""
+    metrics = evaluate(p_eval_step, state, dataset, config.prefetch_to_device, model)
+    metrics.update(multiview_test(state, dataset, config, model, dtype))
+    return metrics
+
+
 def evaluate(p_eval_step, state, dataset, prefetch: int, model) -> dict[str, float]:
     """One pass over the (padded) eval set; padded examples carry batch_mask 0.
 
@@ -332,8 +339,7 @@ def train(
     train_pairs, finite_flags, eval_metrics = [], [], {}
     if start_step >= num_steps:
         logger.info("Already trained for %d steps; evaluating only.", num_steps)
-        eval_metrics = evaluate(p_eval_step, state, dataset, config.prefetch_to_device, model)
-        eval_metrics.update(multiview_test(state, dataset, config, model, dtype))
+        eval_metrics = final_evaluation(p_eval_step, state, dataset, config, model, dtype)
     loop_start = time.perf_counter()
     first_step_time, paused = 0.0, 0.0  # compile time; time spent in eval / checkpoints
     stop = preemption.StopRequest()
@@ -531,8 +537,7 @@ def evaluate_checkpoint(
     p_eval_step = jax.pmap(functools.partial(eval_step, model=model, dtype=dtype), axis_name=AXIS)
     step = int(state.step)
     state = replicate(state, axis_name=AXIS)
-    metrics = evaluate(p_eval_step, state, dataset, config.prefetch_to_device, model)
-    metrics.update(multiview_test(state, dataset, config, model, dtype))
+    metrics = final_evaluation(p_eval_step, state, dataset, config, model, dtype)
     metrics["step"] = step
     if jax.process_index() == 0:
         write_json(workdir / "eval_metrics.json", metrics)

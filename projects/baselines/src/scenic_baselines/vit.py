@@ -85,9 +85,9 @@ def rematerialised(block_cls: type[nn.Module]) -> type[nn.Module]:
 
     Trades one more forward pass of the block for activation memory that no longer grows
     with the number of layers (where the compiler exploits it: XLA:CPU was measured not to);
-    parameter names are unchanged, so checkpoints load either way. The
-    block must take `(x, deterministic)` positionally: `deterministic` (argument 2, after the
-    module itself) is static.
+    parameter names are unchanged, so checkpoints load either way. The block must take
+    `(x, deterministic)` positionally: `deterministic` (argument 2, after the module itself)
+    is static.
     """
     return nn.remat(block_cls, static_argnums=(2,))
 

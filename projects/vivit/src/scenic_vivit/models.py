@@ -13,11 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from scenic.model_lib import model_utils
-from scenic.model_lib.base_models import classification_model
 from scenic.model_lib.base_models.base_model import BaseModel
 from scenic.model_lib.base_models.classification_model import (
     ClassificationModel,
     MultiLabelClassificationModel,
+    class_counts,
+    per_class_metrics,
 )
 from scenic_vivit.model import ViViT, build_vivit
 
@@ -198,7 +199,7 @@ class ViViTMultiHeadClassification(InitFromViT, BaseModel):
         """Per head: eval examples and correct predictions per class."""
         mask = batch.get("batch_mask")
         return {
-            name: classification_model.class_counts(head_logits, targets, mask, axis_name)
+            name: class_counts(head_logits, targets, mask, axis_name)
             for name, head_logits, targets in zip(
                 self.split_names, self.split(logits), self.head_targets(batch)
             )
@@ -209,9 +210,7 @@ class ViViTMultiHeadClassification(InitFromViT, BaseModel):
         metrics = {}
         for name in self.split_names:
             if name in totals:
-                metrics.update(
-                    classification_model.per_class_metrics(totals[name], f"_{name}", listed)
-                )
+                metrics.update(per_class_metrics(totals[name], f"_{name}", listed))
         return metrics
 
 
