@@ -148,6 +148,30 @@ def test_indexed_reading_gives_the_same_batches(records):
     assert indexed.meta_data["num_train_examples"] == 6
 
 
+def wrap_shift_of(shifted: np.ndarray, plain: np.ndarray):
+    """The (rows, columns) roll that turns clip `plain` [T, H, W, C] into `shifted`, or None."""
+    height, width = plain.shape[1:3]
+    for dy in range(height):
+        for dx in range(width):
+            if np.array_equal(np.roll(plain, (dy, dx), axis=(1, 2)), shifted):
+                return dy, dx
+    return None
+
+
+def test_wrap_shift_rolls_each_clip_as_a_whole(records):
+    def first_batch(**kwargs):
+        kwargs.update(train_crop="none", random_flip=False, batch_size=6)
+        return next(build(records, **kwargs).train_batches(2))
+
+    plain, shifted = first_batch(), first_batch(random_wrap_shift=True)
+    np.testing.assert_array_equal(plain["label"], shifted["label"])
+    shifts = [wrap_shift_of(s, p) for s, p in zip(shifted["inputs"], plain["inputs"])]
+    assert None not in shifts  # one roll for all frames of a clip, pixels unchanged
+    assert len(set(shifts)) > 1 and any(dx > 0 for _, dx in shifts)
+    again = first_batch(random_wrap_shift=True)  # deterministic in (seed, step)
+    np.testing.assert_array_equal(again["inputs"], shifted["inputs"])
+
+
 @pytest.mark.parametrize("crop", ["random_resized", "multi_scale", "none"])
 def test_train_crops_and_flip_keep_shapes(records, crop):
     batch = next(build(records, train_crop=crop, image_size=12, batch_size=6).train_batches(0))

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 
 import ml_collections
 
-from scenic.common_lib import config_utils
+from scenic.common_lib import allocator, config_utils
 from scenic.common_lib.config_utils import ConfigError
 
 TRAINER_PROVIDED = ("batch_size", "eval_batch_size", "seed", "process_index", "process_count")
@@ -125,9 +125,13 @@ def make_main(
     """Builds `main(argv) -> exit code` for a project's console script.
 
     `models` is called lazily and maps `config.model_name` values to BaseModel classes.
+    Run as a console script (`argv` None), it first re-executes itself with glibc malloc on
+    huge pages where that helps (`allocator.reexec_with_huge_pages`).
     """
 
     def main(argv: Sequence[str] | None = None) -> int:
+        if argv is None:
+            allocator.reexec_with_huge_pages()
         parser = argparse.ArgumentParser(prog=prog, description=description)
         sub = parser.add_subparsers(dest="command", required=True)
         train_p = sub.add_parser("train", help="train (or resume) a model in --workdir")
@@ -151,6 +155,7 @@ def make_main(
                 print("\n".join(config_utils.list_configs(config_package)))
                 return 0
             setup_logging()
+            logging.getLogger(__name__).info("Allocator: %s", allocator.describe())
             from scenic.train_lib import distributed
 
             distributed.initialize(

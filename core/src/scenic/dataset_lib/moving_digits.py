@@ -139,6 +139,7 @@ def build_moving_digits(
     stride: int = 1,
     speed: int = 1,
     train_clips_per_image: int = 1,
+    random_wrap_shift: bool = False,
     num_test_clips: int = 1,
     with_video_id: bool = False,
 ) -> video_dataset.VideoDataset:
@@ -161,6 +162,7 @@ def build_moving_digits(
         channels=1,
         train_crop="none",  # crops and flips would change the digit or the direction
         random_flip=False,
+        random_wrap_shift=random_wrap_shift,
         num_test_clips=num_test_clips,
         with_video_id=with_video_id,
     )

@@ -393,8 +393,10 @@ def augment_train_clip(
     crop_area_range,
     crop_aspect_ratio_range,
     random_flip: bool,
+    wrap_shift_key=None,
 ):
-    """uint8 [T, H, W, C] -> float [T, S, S, C] in [-1, 1]: one crop and flip for the clip."""
+    """uint8 [T, H, W, C] -> float [T, S, S, C] in [-1, 1]: one crop and flip for the clip,
+    then, given `wrap_shift_key`, one uniform toroidal shift (rows, columns) of the clip."""
     import tensorflow as tf
 
     if train_crop == "random_resized":
@@ -408,6 +410,11 @@ def augment_train_clip(
     if random_flip:
         flip = tf.random.stateless_uniform([], seed=flip_key) < 0.5
         frames = tf.cond(flip, lambda: tf.reverse(frames, [2]), lambda: frames)
+    if wrap_shift_key is not None:
+        shift = tf.random.stateless_uniform(
+            [2], seed=wrap_shift_key, maxval=image_size, dtype=tf.int32
+        )
+        frames = tf.roll(frames, shift, axis=[1, 2])
     return to_float(frames)
 
 
@@ -508,6 +515,7 @@ def build_video_tfrecord(
     crop_area_range: tuple[float, float] = (0.3, 1.0),
     crop_aspect_ratio_range: tuple[float, float] = (3 / 4, 4 / 3),
     random_flip: bool = True,
+    random_wrap_shift: bool = False,
     num_test_clips: int = 1,
     num_test_crops: int = 1,
     multi_label: bool = False,
@@ -523,6 +531,8 @@ def build_video_tfrecord(
         (default image_size).
       channels: 3 (RGB, Kinetics) or 1 (grayscale).
       train_crop: 'random_resized', 'multi_scale' or 'none'; random_flip: horizontal flip.
+      random_wrap_shift: shift each train clip by a uniform random (rows, columns), wrapping
+        around the edges; only for videos drawn on a torus, such as moving_digits.
       num_test_clips, num_test_crops (1 or 3): views of `multiview_eval_batches`.
       multi_label: `label` is a multi-hot float32 [num_classes] instead of the first index.
       in_memory: hold the records in memory (else read by offset, for data of any size).
@@ -560,7 +570,7 @@ def build_video_tfrecord(
 
     def train_example(serialized, position):
         n, frames_at, label, _ = open_video(serialized)
-        keys = example_keys(seed, position, 3)
+        keys = example_keys(seed, position, 4)
         start = random_clip_start(n, num_frames, stride, keys[0])
         frames = frames_at(clip_frame_indices(n, num_frames, stride, start), num_frames)
         frames = augment_train_clip(
@@ -573,6 +583,7 @@ def build_video_tfrecord(
             crop_area_range=crop_area_range,
             crop_aspect_ratio_range=crop_aspect_ratio_range,
             random_flip=random_flip,
+            wrap_shift_key=keys[3] if random_wrap_shift else None,
         )
         return {"inputs": tf.ensure_shape(frames, clip_shape), "label": label}
 
