@@ -148,6 +148,42 @@ def test_indexed_reading_gives_the_same_batches(records):
     assert indexed.meta_data["num_train_examples"] == 6
 
 
+@pytest.mark.parametrize("crop", ["random_resized", "none"])
+def test_decode_once_gives_the_same_batches(records, crop):
+    """Videos of 3-12 frames: clips wrap around short ones; crops, flips, shifts all apply."""
+
+    def batches(**kwargs):
+        ds = build(records, train_crop=crop, random_wrap_shift=True, batch_size=6, **kwargs)
+        it = ds.train_batches(3)
+        return [next(it) for _ in range(3)]
+
+    for a, b in zip(batches(), batches(decode_once=True)):
+        np.testing.assert_array_equal(a["inputs"], b["inputs"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+
+
+def test_decode_once_of_uniform_lengths_matches_numpy(tmp_path):
+    videos = make_videos([6, 6, 6])
+    paths = wvr.write_video_records(videos, str(tmp_path / "train"), quality=100)
+    frames, offsets, labels = video_dataset.decode_all_frames(
+        video_dataset.load_records(paths, 5), 3, 5, False
+    )
+    np.testing.assert_array_equal(offsets, [0, 6, 12, 18])
+    np.testing.assert_array_equal(labels, [0, 1, 2])
+    expected = np.concatenate([v["frames"] for v in videos]).astype(int)
+    assert frames.shape == expected.shape and np.abs(frames - expected).max() <= 8
+
+
+def test_decode_once_rejects_frames_of_different_sizes(tmp_path):
+    videos = make_videos([4]) + make_videos([5], height=12)
+    paths = wvr.write_video_records(videos, str(tmp_path / "train"))
+    records = video_dataset.load_records(paths, 5)
+    with pytest.raises(ValueError, match="frames of one size"):
+        video_dataset.decode_all_frames(records, 3, 5, False)
+    with pytest.raises(ValueError, match="in_memory"):
+        build(tmp_path, eval_files=str(tmp_path / "train*"), decode_once=True, in_memory=False)
+
+
 def wrap_shift_of(shifted: np.ndarray, plain: np.ndarray):
     """The (rows, columns) roll that turns clip `plain` [T, H, W, C] into `shifted`, or None."""
     height, width = plain.shape[1:3]

@@ -140,6 +140,7 @@ def build_moving_digits(
     speed: int = 1,
     train_clips_per_image: int = 1,
     random_wrap_shift: bool = False,
+    decode_once: bool = True,
     num_test_clips: int = 1,
     with_video_id: bool = False,
 ) -> video_dataset.VideoDataset:
@@ -163,6 +164,7 @@ def build_moving_digits(
         train_crop="none",  # crops and flips would change the digit or the direction
         random_flip=False,
         random_wrap_shift=random_wrap_shift,
+        decode_once=decode_once,
         num_test_clips=num_test_clips,
         with_video_id=with_video_id,
     )

@@ -204,6 +204,45 @@ def raise_named_errors(iterator):
         raise CorruptRecordsError(e.message.split(marker, 1)[1].split("\n")[0]) from None
 
 
+def decode_all_frames(records, channels: int, num_classes: int, multi_label: bool):
+    """Every frame of `records` decoded once: (frames uint8 [F, H, W, C], offsets [N + 1] int32
+    (video i is frames[offsets[i]:offsets[i + 1]]), labels [N] as `label_of` gives them).
+
+    For small data sets read many times (moving_digits: 47 MB decoded), where decoding JPEGs
+    again for every clip would cost more CPU than the model. Every frame must have one size.
+    """
+    import tensorflow as tf
+
+    def parse(serialized):
+        encoded, labels, _ = parse_video(serialized)
+        return tf.shape(encoded)[0], label_of(labels, num_classes, multi_label)
+
+    def decode(serialized, count):
+        encoded = parse_video(serialized)[0]
+        if count:  # every video has `count` frames: unrolled, ~5x faster on small frames
+            return decode_frames(encoded, count, channels)
+        return tf.map_fn(
+            lambda frame: tf.io.decode_image(frame, channels=channels, expand_animations=False),
+            encoded,
+            fn_output_signature=tf.uint8,
+        )
+
+    def batched(ds):  # whole batches cross into Python: per-element iteration is slow
+        return list(ds.batch(512).as_numpy_iterator())
+
+    parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    source = tf.data.Dataset.from_tensor_slices(tf.constant(records, tf.string))
+    counts, labels = map(np.concatenate, zip(*batched(source.map(parse, **parallel))))
+    count = int(counts[0]) if len(set(counts.tolist())) == 1 else None
+    videos = source.map(lambda serialized: decode(serialized, count), **parallel)
+    try:
+        frames = np.concatenate(batched(videos if count else videos.unbatch()))
+    except tf.errors.InvalidArgumentError as e:
+        raise ValueError(f"decode_once needs frames of one size: {e.message}") from None
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    return frames.reshape(-1, *frames.shape[-3:]), offsets, labels
+
+
 # --- TF ops on one video ----------------------------------------------------------------------
 
 
@@ -430,9 +469,10 @@ def eval_clip_views(frames, num_clips: int, num_crops: int, clip_shape, resize_s
 
 
 def record_train_batches(
-    records, example_fn, *, batch_size, seed, process_index, process_count
+    records, example_fn, *, batch_size, seed, process_index, process_count, by_index=False
 ) -> Callable[[int], Iterator[dict[str, np.ndarray]]]:
-    """`start_step -> iterator` of host batches of `example_fn(serialized, position)`.
+    """`start_step -> iterator` of host batches of `example_fn(serialized, position)`, or of
+    `example_fn(index, position)` with `by_index` (the record's index, for decoded data).
 
     Records are taken in `dataset_utils.train_example_indices` order, so batch k depends only
     on (seed, k) and host p of P gets the p-th slice of the global batch.
@@ -451,11 +491,13 @@ def record_train_batches(
                 process_index=process_index,
                 process_count=process_count,
             )
-            yield [records[int(i)] for i in indices], positions
+            yield (
+                np.asarray(indices, np.int64) if by_index else [records[int(i)] for i in indices]
+            ), positions
 
     def train_batches(start_step: int = 0):
         signature = (
-            tf.TensorSpec([host_batch], tf.string),
+            tf.TensorSpec([host_batch], tf.int64 if by_index else tf.string),
             tf.TensorSpec([host_batch], tf.int64),
         )
         ds = tf.data.Dataset.from_generator(
@@ -520,6 +562,7 @@ def build_video_tfrecord(
     num_test_crops: int = 1,
     multi_label: bool = False,
     in_memory: bool = True,
+    decode_once: bool = False,
     with_video_id: bool = False,
 ) -> VideoDataset:
     """Builds a video classification data set for this host from TFRecord files.
@@ -536,6 +579,8 @@ def build_video_tfrecord(
       num_test_clips, num_test_crops (1 or 3): views of `multiview_eval_batches`.
       multi_label: `label` is a multi-hot float32 [num_classes] instead of the first index.
       in_memory: hold the records in memory (else read by offset, for data of any size).
+      decode_once: decode every train frame once and sample clips from memory (small data
+        sets; same batches as decoding each time).
       with_video_id: eval batches carry `video_id` (bytes; b'' for padding).
     """
     import tensorflow as tf
@@ -568,8 +613,26 @@ def build_video_tfrecord(
 
         return tf.shape(encoded)[0], frames_at, label_of(labels, num_classes, multi_label), video_id
 
-    def train_example(serialized, position):
-        n, frames_at, label, _ = open_video(serialized)
+    if decode_once:
+        if not in_memory:
+            raise ValueError("decode_once needs in_memory=True.")
+        decoded = [
+            tf.constant(a)
+            for a in decode_all_frames(train_records, channels, num_classes, multi_label)
+        ]
+
+    def open_decoded(index):
+        """`open_video` for the record at `index`, from the decoded frames."""
+        all_frames, offsets, labels = decoded
+        first = offsets[index]
+
+        def frames_at(indices, count):
+            return tf.gather(all_frames, first + indices)
+
+        return offsets[index + 1] - first, frames_at, labels[index], None
+
+    def train_example(record, position):
+        n, frames_at, label, _ = (open_decoded if decode_once else open_video)(record)
         keys = example_keys(seed, position, 4)
         start = random_clip_start(n, num_frames, stride, keys[0])
         frames = frames_at(clip_frame_indices(n, num_frames, stride, start), num_frames)
@@ -638,6 +701,7 @@ def build_video_tfrecord(
         seed=seed,
         process_index=process_index,
         process_count=process_count,
+        by_index=decode_once,
     )
     meta_data = {
         "num_classes": num_classes,
