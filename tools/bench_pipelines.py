@@ -289,6 +289,9 @@ def trainer_rates(names, steps: int | None) -> dict:
 
 
 def main() -> None:
+    from scenic.common_lib.allocator import reexec_with_huge_pages
+
+    reexec_with_huge_pages()  # as bench_trainer and the scenic-* commands do
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=list(PIPELINES))
     parser.add_argument("--batches", type=int, default=20, help="timed batches per pipeline")

@@ -113,6 +113,9 @@ def breakdown(name: str, steps: int, repeats: int) -> dict:
 
 
 def main() -> None:
+    from scenic.common_lib.allocator import reexec_with_huge_pages
+
+    reexec_with_huge_pages()  # as bench_trainer and the scenic-* commands do
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--models", nargs="+", default=["reference"], choices=bench_trainer.BENCHES)
     parser.add_argument("--steps", type=int, default=10, help="trainer steps, >= 2")

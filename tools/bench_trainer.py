@@ -14,8 +14,10 @@ credited with the FLOPs of the plain model, not its recomputation), and the temp
 memory XLA plans for one forward + backward pass (its memory analysis; what remat and
 bfloat16 shrink). JAX, flax, optax and NumPy only in
 the timed path (no TensorFlow; clu's TensorBoard writer is not created), so it runs
-unchanged on a GPU machine. The allocator line says whether jemalloc is preloaded
-(LD_PRELOAD), which changes CPU throughput a lot (see tools/README.md).
+unchanged on a GPU machine. Like the `scenic-*` commands, it first re-executes itself with
+glibc malloc on transparent huge pages where that helps (scenic.common_lib.allocator; set
+GLIBC_TUNABLES yourself, even empty, to measure without); the allocator line says what this
+run used, which changes CPU throughput a lot (see tools/README.md).
 
 Models (batch from the table unless --batch; the default run is the four ViTs):
   digits     ViT 16x16x1, patch 4, width 64, 4 layers, 4 heads, MLP 128, batch 128 (the demo)
@@ -274,10 +276,16 @@ def measure(
 
 
 def allocator() -> str:
-    return "jemalloc" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "default (glibc)"
+    """This process's allocator settings, after `reexec_with_huge_pages` (called in main)."""
+    from scenic.common_lib import allocator as allocator_settings
+
+    return allocator_settings.describe()
 
 
 def main() -> None:
+    from scenic.common_lib.allocator import reexec_with_huge_pages
+
+    reexec_with_huge_pages()
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_BENCHES), choices=BENCHES)
     parser.add_argument("--steps", type=int, default=30, help="training steps, >= 2")

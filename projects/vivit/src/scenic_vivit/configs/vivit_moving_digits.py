@@ -1,12 +1,14 @@
 r"""scenic-vivit train --config vivit_moving_digits --workdir /tmp/vivit_moving_digits
 
 The demo: a tiny factorised-encoder ViViT on built-in moving digits (no download).
-Measured on a 2-core AVX2 CPU: 93.06% test accuracy after 203 s of training (1,000 steps
-at ~660 clips/s); a frame-only model on the same data reached 24.31%.
+Expected, measured on a 2-core AVX2 CPU: ~95% test accuracy (seeds 0 / 1 / 2: see the project
+README's results table) after under 3 minutes of training (900 steps at ~720 clips/s); a
+frame-only model on the same data stays near 25%.
 
 Moving digits: a scikit-learn digit moves across a 16x16 canvas for 8 frames in one of 4
 directions; the label is digit x direction (40 classes), so no single frame answers it.
-Expected: see the project README's results table (measured on a 2-core CPU).
+Training clips are shifted by a random (rows, columns) on the torus the digits move on
+(`random_wrap_shift`), which keeps digit and direction and gave +1.8 points.
 """
 
 import ml_collections
@@ -19,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset_name = "moving_digits"
     # 4 clips (random start, every direction) per training digit image: 22,992 clips.
     config.dataset_configs = ml_collections.ConfigDict(
-        {"num_frames": 8, "train_clips_per_image": 4}
+        {"num_frames": 8, "train_clips_per_image": 4, "random_wrap_shift": True}
     )
     config.model = ml_collections.ConfigDict(
         {
@@ -37,7 +39,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.rng_seed = 0
     config.batch_size = 128
     config.eval_batch_size = 256
-    config.num_training_steps = 1000
+    config.label_smoothing = 0.1
+    config.num_training_steps = 900
     config.optimizer = ml_collections.ConfigDict(
         {"name": "adamw", "weight_decay": 1e-4, "grad_clip_norm": 1.0}
     )
@@ -45,10 +48,10 @@ def get_config() -> ml_collections.ConfigDict:
         {
             "factors": "constant * linear_warmup * cosine_decay",
             "base_learning_rate": 3e-3,
-            "warmup_steps": 150,
+            "warmup_steps": 135,
         }
     )
     config.log_summary_steps = 100
-    config.log_eval_steps = 500
-    config.checkpoint_steps = 500
+    config.log_eval_steps = 450
+    config.checkpoint_steps = 450
     return config
