@@ -155,7 +155,6 @@ def make_main(
                 print("\n".join(config_utils.list_configs(config_package)))
                 return 0
             setup_logging()
-            logging.getLogger(__name__).info("Allocator: %s", allocator.describe())
             from scenic.train_lib import distributed
 
             distributed.initialize(
@@ -206,6 +205,7 @@ def run_train(args, overrides, config_package, models) -> int:
     if args.profile:
         overrides = [*overrides, "profile_steps=5"]
     config, model_cls = resolve_config(config, models, overrides)
+    logging.getLogger(__name__).info("Allocator: %s", allocator.describe())
     workdir = pathlib.Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     dataset = build_dataset(config)
