@@ -289,9 +289,9 @@ def trainer_rates(names, steps: int | None) -> dict:
 
 
 def main() -> None:
-    from scenic.common_lib.allocator import reexec_with_huge_pages
+    from scenic.common_lib import allocator
 
-    reexec_with_huge_pages()  # as bench_trainer and the scenic-* commands do
+    allocator.reexec_with_huge_pages()  # as bench_trainer and the scenic-* commands do
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=list(PIPELINES))
     parser.add_argument("--batches", type=int, default=20, help="timed batches per pipeline")
@@ -309,7 +309,7 @@ def main() -> None:
 
     rates = {} if args.skip_trainer else trainer_rates(args.pipelines, args.trainer_steps)
     print(
-        f"\n{os.cpu_count()} CPUs, allocator {bench_trainer.allocator()}; "
+        f"\n{os.cpu_count()} CPUs, allocator {allocator.describe()}; "
         f"{args.batches} timed batches after 1 warm-up\n"
     )
     header = (

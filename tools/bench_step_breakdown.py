@@ -113,9 +113,9 @@ def breakdown(name: str, steps: int, repeats: int) -> dict:
 
 
 def main() -> None:
-    from scenic.common_lib.allocator import reexec_with_huge_pages
+    from scenic.common_lib import allocator
 
-    reexec_with_huge_pages()  # as bench_trainer and the scenic-* commands do
+    allocator.reexec_with_huge_pages()  # as bench_trainer and the scenic-* commands do
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--models", nargs="+", default=["reference"], choices=bench_trainer.BENCHES)
     parser.add_argument("--steps", type=int, default=10, help="trainer steps, >= 2")
@@ -127,7 +127,7 @@ def main() -> None:
     peak = bench_trainer.peak_flops()
     print(
         f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__},"
-        f" allocator {bench_trainer.allocator()}; peak {peak / 1e9:.0f} GFLOP/s (2048^2 matmul)\n"
+        f" allocator {allocator.describe()}; peak {peak / 1e9:.0f} GFLOP/s (2048^2 matmul)\n"
     )
     for name in args.models:
         r = breakdown(name, args.steps, args.repeats)

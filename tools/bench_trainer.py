@@ -275,17 +275,10 @@ def measure(
     }
 
 
-def allocator() -> str:
-    """This process's allocator settings, after `reexec_with_huge_pages` (called in main)."""
-    from scenic.common_lib import allocator as allocator_settings
-
-    return allocator_settings.describe()
-
-
 def main() -> None:
-    from scenic.common_lib.allocator import reexec_with_huge_pages
+    from scenic.common_lib import allocator
 
-    reexec_with_huge_pages()
+    allocator.reexec_with_huge_pages()
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_BENCHES), choices=BENCHES)
     parser.add_argument("--steps", type=int, default=30, help="training steps, >= 2")
@@ -323,8 +316,8 @@ def main() -> None:
     device = jax.devices()[0]
     print(
         f"device: {device.device_kind} x{jax.device_count()} ({jax.default_backend()}), "
-        f"jax {jax.__version__}, allocator {allocator()}, compute dtype {args.compute_dtype}, "
-        f"remat {args.remat}, attention {args.attention}"
+        f"jax {jax.__version__}, allocator {allocator.describe()}, "
+        f"compute dtype {args.compute_dtype}, remat {args.remat}, attention {args.attention}"
     )
     print(f"peak (2048^2 {args.compute_dtype} matmul, same process): {peak / 1e9:.0f} GFLOP/s\n")
     print(
