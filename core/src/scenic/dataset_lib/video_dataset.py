@@ -598,6 +598,8 @@ def build_video_tfrecord(
     )
     dataset_utils.host_batch_size(batch_size, process_count)
     dataset_utils.host_batch_size(eval_batch_size, process_count, "eval_batch_size")
+    if decode_once and not in_memory:
+        raise ValueError("decode_once needs in_memory=True.")
     read = load_records if in_memory else IndexedRecords
     train_records = read(resolve_files(train_files, "train_files"), num_classes)
     eval_records = read(resolve_files(eval_files, "eval_files"), num_classes)
@@ -614,8 +616,6 @@ def build_video_tfrecord(
         return tf.shape(encoded)[0], frames_at, label_of(labels, num_classes, multi_label), video_id
 
     if decode_once:
-        if not in_memory:
-            raise ValueError("decode_once needs in_memory=True.")
         decoded = [
             tf.constant(a)
             for a in decode_all_frames(train_records, channels, num_classes, multi_label)
