@@ -68,6 +68,42 @@ def test_mixup_ema_bfloat16_and_frozen_parameters(tmp_path, tiny_vit_digits):
     assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(state["params"]))
 
 
+def test_ema_follows_its_recurrence_and_resumes_exactly(tmp_path, tiny_vit_digits):
+    every_step = ("ema={'decay': 0.9}", "checkpoint_steps=1", "max_checkpoints_to_keep=10")
+    config, model_cls = resolved(tiny_vit_digits, *every_step)
+    full, _ = train(config, model_cls, tmp_path / "full")
+    saved = [
+        classification_trainer.checkpoints.Checkpointer(tmp_path / "full").restore(
+            jax.device_get(full), step=step
+        )
+        for step in range(1, 7)
+    ]
+    # ema_t = 0.9 ema_(t-1) + 0.1 params_t at every step, recomputed here in float64.
+    for before, after in zip(saved, saved[1:]):
+        expected = jax.tree.map(
+            lambda e, p: 0.9 * np.float64(e) + 0.1 * np.float64(p),
+            before["ema_params"],
+            after["params"],
+        )
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+            after["ema_params"],
+            expected,
+        )
+    # A stopped run resumes with its EMA: bit-identical to the uninterrupted run.
+    config, model_cls = resolved(tiny_vit_digits, *every_step)
+    workdir = tmp_path / "stopped"
+    classification_trainer.train(
+        model_cls=model_cls,
+        dataset=runner.build_dataset(config),
+        config=config,
+        workdir=workdir,
+        stop_after_step=3,
+    )
+    resumed, _ = train(config, model_cls, workdir)
+    jax.tree.map(np.testing.assert_array_equal, full["ema_params"], resumed["ema_params"])
+
+
 def test_init_from_previous_run_with_new_head(tmp_path, tiny_vit_digits):
     pretrained, _ = train(*resolved(tiny_vit_digits), tmp_path / "pretrained")
     config, model_cls = resolved(

@@ -166,11 +166,15 @@ def train_step(
     metrics["param_norm"] = (optax.global_norm(params), jnp.ones(()))
     finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)).astype(jnp.int32)
     all_finite = jax.lax.pmin(finite, AXIS)
+    ema_params = state.ema_params
+    if ema_settings is not None:
+        ema_params = ema.update_ema(ema_params, params, state.step + 1, **ema_settings)
     new_state = state.replace(
         step=state.step + 1,
         params=params,
         opt_state=opt_state,
         model_state=dict(new_model_state),
+        ema_params=ema_params,
     )
     return new_state, metrics, all_finite
 
@@ -299,6 +303,8 @@ def train(
 
     checkpointer = checkpoints.Checkpointer(workdir, config.max_checkpoints_to_keep)
     if checkpointer.latest_step() is not None:
+        if ema_settings is not None:  # the restore target must hold what the checkpoint holds
+            state = state.replace(ema_params=ema.init_ema(state.params))
         state = TrainState.from_dict(checkpointer.restore(jax.device_get(state.to_dict())))
         logger.info("Resumed from %s at step %d.", checkpointer.directory, int(state.step))
     else:
