@@ -1,5 +1,6 @@
 """pmap is real (2 devices == 1 device at the same global batch) and resume is exact."""
 
+import dataclasses
 import json
 
 import jax
@@ -80,7 +81,19 @@ def test_resume_after_stop_equals_uninterrupted_run(tmp_path, tiny_vit_digits):
     assert final["step"] == 6
     jax.tree.map(np.testing.assert_array_equal, full["params"], resumed["params"])
     jax.tree.map(np.testing.assert_array_equal, full["opt_state"], resumed["opt_state"])
-    # Restarting the data stream at step 0 instead would change the result:
+    # A resume that restarted the data stream at step 0 would end elsewhere: the position in
+    # the stream is part of what makes the resume exact.
+    restarting = dataclasses.replace(
+        dataset, train_batches=lambda start_step=0: dataset.train_batches(0)
+    )
+    train(
+        model_cls=model_cls,
+        dataset=dataset,
+        config=config,
+        workdir=tmp_path / "c",
+        stop_after_step=3,
+    )
+    wrong, _ = train(model_cls=model_cls, dataset=restarting, config=config, workdir=tmp_path / "c")
     assert not np.array_equal(
-        jax.tree.leaves(full["params"])[0], jax.tree.leaves(stopped["params"])[0]
+        jax.tree.leaves(full["params"])[0], jax.tree.leaves(wrong["params"])[0]
     )

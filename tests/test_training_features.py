@@ -1,7 +1,11 @@
 """Trainer features end to end on a tiny ViT: gradient accumulation, mixup + EMA + bfloat16,
 frozen parameters, and init_from a previous run's checkpoint with a new head."""
 
+import itertools
+
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -23,13 +27,21 @@ def train(config, model_cls, workdir):
     )
 
 
-def test_gradient_accumulation_matches_the_full_batch(tmp_path, tiny_vit_digits):
+def test_gradient_accumulation_matches_the_full_batch(tmp_path, tiny_vit_digits, monkeypatch):
     # Adam's update is nearly scale-free, so use SGD to compare the gradients themselves.
     sgd = ["optimizer={'name': 'sgd'}", "lr_configs.base_learning_rate=0.5"]
     full, _ = train(*resolved(tiny_vit_digits, *sgd), tmp_path / "full")
-    accumulated, _ = train(
-        *resolved(tiny_vit_digits, *sgd, "grad_accumulation_steps=4"), tmp_path / "acc"
-    )
+    config, model_cls = resolved(tiny_vit_digits, *sgd, "grad_accumulation_steps=4")
+    label_shapes = []
+    loss_function = model_cls.loss_function
+
+    def recording_loss(self, logits, batch, model_params=None):
+        label_shapes.append(batch["label"].shape)
+        return loss_function(self, logits, batch, model_params)
+
+    monkeypatch.setattr(model_cls, "loss_function", recording_loss)
+    accumulated, _ = train(config, model_cls, tmp_path / "acc")
+    assert label_shapes and set(label_shapes) == {(8,)}  # micro-batches of 32 / 4
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6),
         full["params"],
@@ -43,7 +55,15 @@ def test_accumulation_must_divide_the_per_device_batch(tmp_path, tiny_vit_digits
         train(config, model_cls, tmp_path)
 
 
-def test_mixup_ema_bfloat16_and_frozen_parameters(tmp_path, tiny_vit_digits):
+def test_mixup_ema_bfloat16_and_frozen_parameters(tmp_path, tiny_vit_digits, monkeypatch):
+    seen = {"peak_dtypes": [], "label_shapes": [], "activation_dtypes": set()}
+    peak = classification_trainer.debug_utils.peak_matmul_flops
+
+    def recording_peak(*args, **kwargs):
+        seen["peak_dtypes"].append(kwargs.get("dtype"))
+        return peak(*args, **kwargs)
+
+    monkeypatch.setattr(classification_trainer.debug_utils, "peak_matmul_flops", recording_peak)
     config, model_cls = resolved(
         tiny_vit_digits,
         "mixup={'mixup_alpha': 0.8, 'cutmix_alpha': 1.0, 'switch_prob': 0.5}",
@@ -51,8 +71,28 @@ def test_mixup_ema_bfloat16_and_frozen_parameters(tmp_path, tiny_vit_digits):
         "compute_dtype=bfloat16",
         "optimizer.frozen_params=('embedding/.*',)",
     )
-    state, final = train(config, model_cls, tmp_path)
+    loss_function = model_cls.loss_function
+
+    def recording_loss(self, logits, batch, model_params=None):
+        seen["label_shapes"].append(batch["label"].shape)
+        return loss_function(self, logits, batch, model_params)
+
+    monkeypatch.setattr(model_cls, "loss_function", recording_loss)
+
+    def record_encoder_output(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if context.module.name == "Transformer" and context.method_name == "__call__":
+            seen["activation_dtypes"].add(out.dtype)
+        return out
+
+    with nn.intercept_methods(record_encoder_output):
+        state, final = train(config, model_cls, tmp_path)
     assert np.isfinite(final["accuracy"])
+    # Mixup turned the integer labels into per-device soft targets [batch, classes] ...
+    assert seen["label_shapes"] and all(s == (32, 10) for s in seen["label_shapes"])
+    # ... the encoder ran in bfloat16, and MFU is against a bfloat16 peak.
+    assert seen["activation_dtypes"] == {jnp.dtype(jnp.bfloat16)}
+    assert seen["peak_dtypes"] == [jnp.dtype(jnp.bfloat16)]
     # Frozen: the patch embedding never moved from its initial value at step 3 or 6.
     first = classification_trainer.checkpoints.Checkpointer(tmp_path).restore(
         jax.device_get(state), step=3
@@ -79,7 +119,7 @@ def test_ema_follows_its_recurrence_and_resumes_exactly(tmp_path, tiny_vit_digit
         for step in range(1, 7)
     ]
     # ema_t = 0.9 ema_(t-1) + 0.1 params_t at every step, recomputed here in float64.
-    for before, after in zip(saved, saved[1:]):
+    for before, after in itertools.pairwise(saved):
         expected = jax.tree.map(
             lambda e, p: 0.9 * np.float64(e) + 0.1 * np.float64(p),
             before["ema_params"],
@@ -121,6 +161,23 @@ def test_init_from_previous_run_with_new_head(tmp_path, tiny_vit_digits):
     assert not np.array_equal(
         pretrained["params"]["head"]["kernel"], finetuned["params"]["head"]["kernel"]
     )
+    # With a zero learning rate nothing moves: the head is exactly a fresh run's initial head,
+    # everything else exactly the pretrained parameters.
+    still = ("lr_configs.base_learning_rate=0.0", "num_training_steps=3")
+    config, model_cls = resolved(
+        tiny_vit_digits,
+        f"init_from={{'checkpoint': '{tmp_path / 'pretrained'}', 'reinit': ('head/.*',)}}",
+        *still,
+    )
+    reinit, _ = train(config, model_cls, tmp_path / "reinit")
+    fresh, _ = train(*resolved(tiny_vit_digits, *still), tmp_path / "fresh")
+    jax.tree.map(np.testing.assert_array_equal, fresh["params"]["head"], reinit["params"]["head"])
+    pretrained_head = pretrained["params"]["head"]["kernel"]
+    assert not np.array_equal(pretrained_head, reinit["params"]["head"]["kernel"])
+    for name in ("Transformer", "embedding", "cls"):
+        jax.tree.map(
+            np.testing.assert_array_equal, pretrained["params"][name], reinit["params"][name]
+        )
 
 
 def test_feature_sections_are_checked_before_training(tiny_vit_digits):
@@ -130,3 +187,12 @@ def test_feature_sections_are_checked_before_training(tiny_vit_digits):
         resolved(tiny_vit_digits, "init_from={'checkpoint': '/nonexistent/ckpt'}")
     with pytest.raises(ConfigError, match="compute dtype"):
         resolved(tiny_vit_digits, "compute_dtype=float8")
+    for key in ("log_eval_steps", "checkpoint_steps", "max_checkpoints_to_keep"):
+        with pytest.raises(ConfigError, match=f"{key} must be an integer >= 1, got 0"):
+            resolved(tiny_vit_digits, f"{key}=0")
+    with pytest.raises(ConfigError, match="smoothed twice"):
+        resolved(
+            tiny_vit_digits,
+            "label_smoothing=0.1",
+            "mixup={'mixup_alpha': 0.2, 'label_smoothing': 0.1}",
+        )

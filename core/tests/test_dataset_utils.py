@@ -66,6 +66,8 @@ def test_shard_and_prefetch_to_device():
     batches = [{"x": np.full((2 * n, 3), i, np.float32)} for i in range(4)]
     out = list(dataset_utils.prefetch_to_device(iter(batches), size=2))
     assert len(out) == 4
+    for size in (0, 1, 9):  # 0: no batch ahead, not no batches
+        assert len(list(dataset_utils.prefetch_to_device(iter(batches), size=size))) == 4
     for i, b in enumerate(out):
         assert b["x"].shape == (n, 2, 3)
         np.testing.assert_array_equal(np.asarray(b["x"]), i)

@@ -6,7 +6,7 @@ import pytest
 from scenic.train_lib import summaries
 
 
-def test_progress_reports_throughput_and_mfu(monkeypatch):
+def test_progress_reports_throughput_and_mfu(monkeypatch, caplog):
     clock = iter([100.0, 100.0, 102.0])  # constructor (twice), then report: 2 s, 10 steps
     monkeypatch.setattr(summaries.time, "perf_counter", lambda: next(clock))
     progress = summaries.Progress(
@@ -16,7 +16,11 @@ def test_progress_reports_throughput_and_mfu(monkeypatch):
         train_flops_per_example=3e9,
         peak_flops=1e12,
     )
-    figures = progress.report(10, {"loss": 1.0})
+    with caplog.at_level("INFO", logger="scenic"):
+        figures = progress.report(10, {"loss": 1.0})
+    assert "320 examples/s" in caplog.text and "MFU 96%" in caplog.text
+    if jax.device_count() > 1:
+        assert f"({320 / jax.device_count():.0f} per device)" in caplog.text
     assert figures["steps_per_sec"] == pytest.approx(5.0)
     assert figures["examples_per_sec"] == pytest.approx(320.0)
     assert figures["examples_per_sec_per_device"] == pytest.approx(320.0 / jax.device_count())

@@ -54,6 +54,26 @@ def test_vit_classifiers_give_logits(classifier, posemb):
     assert ("cls" in variables["params"]) == (classifier == "token")
 
 
+@pytest.mark.parametrize("classifier", ["token", "gap", "map"])
+def test_bfloat16_compute_keeps_float32_parameters(classifier):
+    model = vit.ViT(
+        num_classes=5,
+        patch_size=(4, 4),
+        hidden_size=16,
+        num_layers=1,
+        num_heads=2,
+        mlp_dim=32,
+        classifier=classifier,
+        dtype=jnp.bfloat16,
+    )
+    x = jnp.ones((2, 8, 8, 1), jnp.bfloat16)
+    variables = model.init(jax.random.key(0), x)
+    leaves = jax.tree_util.tree_leaves_with_path(variables["params"])
+    dtypes = {jax.tree_util.keystr(path): leaf.dtype for path, leaf in leaves}
+    assert set(dtypes.values()) == {jnp.dtype(jnp.float32)}, dtypes
+    assert np.isfinite(np.asarray(model.apply(variables, x))).all()
+
+
 def test_vit_rejects_unknown_classifier_and_bad_patch():
     x = jnp.zeros((1, 8, 8, 1))
     with pytest.raises(ValueError, match="classifier"):
@@ -137,6 +157,13 @@ def test_remat_recomputes_blocks_and_keeps_parameters_and_gradients():
     remat_params = remat.init(jax.random.key(0), images, train=False)["params"]
     assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(remat_params)
     jax.tree_util.tree_map(np.testing.assert_array_equal, params, remat_params)
+    # Random parameters everywhere: the zero-initialised head would make every encoder
+    # gradient exactly 0 in both runs, and the comparison below vacuous.
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.key(3), len(leaves))
+    params = jax.tree_util.tree_unflatten(
+        treedef, [0.3 * jax.random.normal(k, p.shape) for k, p in zip(keys, leaves)]
+    )
 
     def loss_fn(model):
         def loss(p):
@@ -153,6 +180,11 @@ def test_remat_recomputes_blocks_and_keeps_parameters_and_gradients():
     jax.tree_util.tree_map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), remat_grads, grads
     )
+    # Every encoder gradient is far from 0 (but the key bias's, exactly 0 in theory: softmax
+    # ignores a constant added to all of a query's logits).
+    for path, grad in jax.tree_util.tree_leaves_with_path(grads["Transformer"]):
+        name = jax.tree_util.keystr(path)
+        assert "['key']['bias']" in name or float(jnp.abs(grad).max()) > 1e-4, name
     # jax.checkpoint's primitive (remat2 in jax 0.10) recomputes in the backward pass.
     assert "remat" in str(jax.make_jaxpr(loss_fn(remat))(params))
     assert "remat" not in str(jax.make_jaxpr(loss_fn(plain))(params))

@@ -86,6 +86,7 @@ def resolve_config(
             schema[key] = ml_collections.FieldReference(None, field_type=object)
     config_utils.check_schema(config, schema, free_sections=trainer_config.FREE_SECTIONS)
     config = config_utils.with_defaults(config, schema)
+    trainer_config.check_values(config)
     config_utils.check_keys(config.model, model_cls.model_config_keys(), "model")
     model_cls.check_config(config)
     builder = datasets.get_dataset_builder(config.dataset_name)

@@ -133,7 +133,8 @@ def shard(batch: dict[str, np.ndarray], num_devices: int) -> dict[str, np.ndarra
 def prefetch_to_device(
     iterator: Iterator[dict[str, np.ndarray]], size: int = 2, devices=None
 ) -> Iterator[dict[str, jax.Array]]:
-    """Shards each host batch over the local devices and keeps `size` batches in flight.
+    """Shards each host batch over the local devices and keeps `size` batches in flight
+    (0 and 1 alike: each batch is transferred when it is asked for).
 
     Arrays arrive on the devices as `[num_devices, per_device, ...]`, split along the
     leading axis, the layout pmap consumes without another copy.
@@ -146,7 +147,7 @@ def prefetch_to_device(
         return jax.device_put(shard(batch, len(devices)), sharding)
 
     queue = collections.deque()
-    for batch in itertools.islice(iterator, size):
+    for batch in itertools.islice(iterator, max(size, 1)):
         queue.append(to_device(batch))
     while queue:
         yield queue.popleft()

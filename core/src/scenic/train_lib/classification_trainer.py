@@ -75,6 +75,7 @@ def initialize_state(model, config, rng, tx) -> TrainState:
         return params, variables
 
     params, model_state = init(init_rng)
+    precision.check_float32(params)  # whatever the compute dtype
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -292,6 +293,13 @@ def train(
     """
     workdir = pathlib.Path(workdir)
     model, dtype = build_model(model_cls, config, dataset.meta_data)
+    logger.info(
+        "Experiment %s: model %s on %s in %s.",
+        config.experiment_name or "(unnamed)",
+        config.model_name,
+        config.dataset_name,
+        workdir,
+    )
     num_steps = total_train_steps(config, dataset.meta_data["num_train_examples"])
     lr_fn = lr_schedules.compound_schedule(config.lr_configs, num_steps)
     tx = optimizers.get_optimizer(config.optimizer, lr_fn)
@@ -331,13 +339,13 @@ def train(
     state = replicate(state, axis_name=AXIS)
     writer = summaries.create_writer(str(workdir))
     # MFU estimate: training ~ 3x the forward FLOPs (forward + backward), against a matmul
-    # timed here on one device times the device count.
+    # in the compute dtype timed here on one device, times the device count.
     progress = summaries.Progress(
         num_steps,
         start_step,
         config.batch_size,
         train_flops_per_example=3 * forward_flops if forward_flops else None,
-        peak_flops=debug_utils.peak_matmul_flops() * jax.device_count(),
+        peak_flops=debug_utils.peak_matmul_flops(size=2048, dtype=dtype) * jax.device_count(),
     )
     train_batches = dataset_utils.prefetch_to_device(
         dataset.train_batches(start_step), config.prefetch_to_device

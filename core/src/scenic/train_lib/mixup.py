@@ -177,7 +177,8 @@ def from_config(config: ml_collections.ConfigDict | None, num_classes: int | Non
     """`config.mixup` -> `fn(rng, batch) -> batch`, or None when the section is absent/empty.
 
     Keys: mixup_alpha, cutmix_alpha, switch_prob, mix_prob, per_example, label_smoothing
-    (see `mix_batch`). Do not also set the model's label_smoothing: it would smooth twice.
+    (see `mix_batch`). The model's label_smoothing may not be set too (it would smooth twice;
+    `trainer_config.check_values` refuses it).
     """
     if not config:
         return None

@@ -109,17 +109,21 @@ class Progress:
             "examples_per_sec": examples_per_s,
             "examples_per_sec_per_device": examples_per_s / jax.device_count(),
         }
+        per_device = ""
+        if jax.device_count() > 1:
+            per_device = f" ({throughput['examples_per_sec_per_device']:.0f} per device)"
         mfu = ""
         if self.train_flops_per_example and self.peak_flops:
             throughput["mfu"] = examples_per_s * self.train_flops_per_example / self.peak_flops
             mfu = f" | MFU {throughput['mfu']:.0%}"
         logger.info(
-            "step %d/%d | %s | %.1f steps/s | %.0f examples/s%s | ETA %s",
+            "step %d/%d | %s | %.1f steps/s | %.0f examples/s%s%s | ETA %s",
             step,
             self.total_steps,
             shown,
             steps_per_s,
             examples_per_s,
+            per_device,
             mfu,
             eta,
         )

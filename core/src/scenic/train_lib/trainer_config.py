@@ -8,6 +8,19 @@ from __future__ import annotations
 
 import ml_collections
 
+from scenic.common_lib.config_utils import ConfigError
+
+#: Top-level keys that must be >= 1 (the loop uses `step % key`, batches are split by them).
+POSITIVE_INTS = (
+    "batch_size",
+    "eval_batch_size",
+    "log_summary_steps",
+    "log_eval_steps",
+    "checkpoint_steps",
+    "max_checkpoints_to_keep",
+    "grad_accumulation_steps",
+)
+
 
 def default_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
@@ -43,3 +56,22 @@ def default_config() -> ml_collections.ConfigDict:
 
 #: Sections whose keys are checked by whatever consumes them, not by the schema.
 FREE_SECTIONS = ("model", "dataset_configs", "optimizer", "lr_configs", "mixup", "ema", "init_from")
+
+
+def check_values(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError for values no run can use, naming the key: counts below 1 (a
+    `step % 0` or an empty batch later), negative prefetch or steps, and label smoothing set
+    both for the model and for mixup's soft targets (it would smooth twice)."""
+    for key in POSITIVE_INTS:
+        value = config.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{key} must be an integer >= 1, got {value!r}.")
+    for key in ("prefetch_to_device", "num_training_steps", "profile_steps"):
+        value = config.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"{key} must be an integer >= 0, got {value!r}.")
+    if config.get("label_smoothing") and (config.mixup or {}).get("label_smoothing"):
+        raise ConfigError(
+            "label_smoothing and mixup.label_smoothing are both set: targets would be "
+            "smoothed twice; set only mixup.label_smoothing when mixup is on."
+        )

@@ -142,8 +142,8 @@ class MAPHead(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        probe = self.param("probe", nn.initializers.xavier_uniform(), (1, 1, x.shape[-1]), x.dtype)
-        probe = jnp.tile(probe, (x.shape[0], 1, 1))
+        probe = self.param("probe", nn.initializers.xavier_uniform(), (1, 1, x.shape[-1]))
+        probe = jnp.tile(probe.astype(x.dtype), (x.shape[0], 1, 1))
         x = layers.MultiHeadAttention(num_heads=self.num_heads, dtype=self.dtype)(probe, x)
         y = nn.LayerNorm(dtype=self.dtype)(x)
         x = x + layers.MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype)(y)
