@@ -24,6 +24,11 @@ by offset; eval: short side 256, central 224 crop, one view).
 The trainers run first, before any TensorFlow is imported, so they are timed as
 tools/bench_trainer.py times them. Trainer steps default to 10 (3 for ViViT-B/16x2, which
 takes seconds a clip on a CPU); --trainer-steps sets them all.
+
+--end-to-end adds a last column: the same trainer fed by the pipeline itself (tf.data on the
+same cores, the way a real run trains), at the pipeline's batch, for every train pipeline
+with a matching trainer except ViViT-B/16x2 (a batch of 8 clips of 32 frames takes minutes
+a step on a CPU).
 """
 
 from __future__ import annotations
@@ -272,6 +277,22 @@ def mock_tfds(settings: dict | None):
     return tfds.testing.mock_data(data_dir=str(TFDS_METADATA), **settings)
 
 
+def end_to_end_rate(name: str, args, tmp: str) -> float | None:
+    """The matching trainer's examples/s fed by the pipeline itself (None where there is no
+    trainer, in eval mode, and for ViViT-B/16x2)."""
+    pipeline = PIPELINES[name]
+    if pipeline.trainer is None or pipeline.mode != "train" or pipeline.trainer[0] == VIVIT:
+        return None
+    batch = args.batch or pipeline.batch
+    extra = {"videos": args.videos, "noise": args.video_noise} if pipeline.video else {}
+    with mock_tfds(pipeline.mock):
+        dataset = pipeline.build(batch, args.data_dir, tmp, **extra)
+        result = bench_trainer.measure(
+            pipeline.trainer[0], steps=args.trainer_steps or 10, batch=batch, dataset=dataset
+        )
+    return result["examples_per_sec"]
+
+
 def trainer_rates(names, steps: int | None) -> dict:
     """(bench_trainer model, input shape) -> examples/s, for the trainers `names` need."""
     bench_trainer.setup()
@@ -298,6 +319,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="override every pipeline's batch")
     parser.add_argument("--skip-trainer", action="store_true", help="time the pipelines only")
     parser.add_argument(
+        "--end-to-end", action="store_true", help="also train each matching model on the pipeline"
+    )
+    parser.add_argument(
         "--trainer-steps", type=int, default=None, help="trainer steps (default 10; 3 for ViViT-B)"
     )
     parser.add_argument("--videos", type=int, default=64, help="synthetic videos to write")
@@ -315,6 +339,7 @@ def main() -> None:
     header = (
         f"{'pipeline':20s} {'mode':5s} {'batch':>5s} {'input ex/s':>10s}  "
         f"{'trainer':22s} {'ex/s':>8s} {'input/trainer':>13s}"
+        + (f" {'end-to-end ex/s':>15s}" if args.end_to_end else "")
     )
     with tempfile.TemporaryDirectory(prefix="bench_pipelines_") as tmp:
         if any(PIPELINES[name].video for name in args.pipelines):
@@ -334,6 +359,10 @@ def main() -> None:
             )
             if trainer_rate:
                 line += f" {trainer_rate:8.2f} {rate / trainer_rate:13.2f}"
+            if args.end_to_end:
+                both = end_to_end_rate(name, args, tmp)
+                if both:
+                    line = f"{line:{len(header) - 16}s} {both:15.2f}"
             print(line, flush=True)
 
 

@@ -237,11 +237,13 @@ def measure(
     compute_dtype: str = "float32",
     remat: bool = False,
     input_shape: tuple[int, ...] | None = None,
+    dataset=None,
 ) -> dict:
     """Trains bench `name` for `steps` steps on synthetic data of `input_shape` (default: the
-    bench's own); returns batch, examples/s, model FLOPs per training example (None if XLA
-    gives no cost analysis) and the temporary bytes of a forward + backward pass. Call
-    `setup()` first."""
+    bench's own), or on `dataset` (a built Dataset whose batches fit the model: a real input
+    pipeline, see bench_pipelines.py --end-to-end); returns batch, examples/s, model FLOPs per
+    training example (None if XLA gives no cost analysis) and the temporary bytes of a
+    forward + backward pass. Call `setup()` first."""
     from scenic.train_lib import classification_trainer
 
     if steps < 2:
@@ -251,7 +253,8 @@ def measure(
     # One step more than timed, stopped after `steps`: the trainer then checkpoints but skips
     # the final evaluation (and compiling its eval step), which a benchmark does not need.
     model_name, config = config_for(name, steps + 1, batch, compute_dtype, remat)
-    dataset = synthetic_dataset(shape, config.batch_size, num_classes)
+    if dataset is None:
+        dataset = synthetic_dataset(shape, config.batch_size, num_classes)
     model_cls = model_registry(model_name)[model_name]
     with tempfile.TemporaryDirectory() as workdir:
         _, final = classification_trainer.train(

@@ -70,3 +70,73 @@ def test_describe_names_the_allocator(monkeypatch):
     monkeypatch.delenv("LD_PRELOAD")
     monkeypatch.setenv("GLIBC_TUNABLES", allocator.TUNABLE)
     assert f"GLIBC_TUNABLES='{allocator.TUNABLE}'" in allocator.describe()
+
+
+@pytest.mark.parametrize(
+    "environ, glibc, wanted",
+    [
+        ({}, (2, 36), True),
+        ({"GLIBC_TUNABLES": allocator.TUNABLE}, (2, 36), True),  # our own re-exec
+        ({"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=4096"}, (2, 36), False),  # the user's
+        ({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"}, (2, 36), False),
+        ({"LD_PRELOAD": "libtcmalloc.so.4"}, (2, 36), False),  # glibc's malloc is not in use
+        ({}, None, False),
+    ],
+)
+def test_thresholds_wanted(environ, glibc, wanted):
+    assert allocator.thresholds_wanted(environ, glibc) is wanted
+
+
+# Counts the blocks glibc maps on their own (mallinfo2's hblks) while a block is held.
+THRESHOLD_SCRIPT = """
+import ctypes
+import tensorflow as tf
+from scenic.common_lib import allocator
+
+libc = ctypes.CDLL(None)
+FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in FIELDS.split()]
+
+
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+
+
+def mapped(size):
+    before = libc.mallinfo2().hblks
+    block = libc.malloc(size)
+    after = libc.mallinfo2().hblks
+    libc.free(block)
+    return after - before
+
+
+dataset = tf.data.Dataset.from_generator(
+    lambda: iter([1, 2]), output_signature=tf.TensorSpec((), tf.int32)
+)
+next(iter(dataset))  # TensorFlow's generator pipeline sets M_TRIM_THRESHOLD
+print("patched", mapped(24 << 20), mapped(24 << 20), flush=True)
+print("pinned", allocator.pin_malloc_thresholds(), flush=True)
+print("after", mapped(24 << 20), mapped(24 << 20), flush=True)
+"""
+
+
+def test_pinned_thresholds_undo_tensorflows_malloc_patch():
+    if allocator.glibc_version() is None or allocator.glibc_version() < (2, 33):
+        pytest.skip("needs glibc's mallinfo2 (2.33+)")
+    environ = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "LD_PRELOAD")}
+    environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    out = subprocess.run(
+        [sys.executable, "-c", THRESHOLD_SCRIPT],
+        env=environ,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    # After TensorFlow's patch a 24 MiB block is mapped on its own every time: glibc alone
+    # would raise its mmap threshold past a freed mapped block, so the second would come from
+    # the heap. Once pinned (32 MiB), both come from the heap.
+    assert out == ["patched 1 1", "pinned True", "after 0 0"]

@@ -12,15 +12,26 @@ glibc reads tunables only when a process starts, so the `scenic-*` console scrip
 `reexec_with_huge_pages` first: it replaces the process (same PID, same arguments) by one with
 GLIBC_TUNABLES set. Setting GLIBC_TUNABLES yourself (even to an empty string) opts out, as
 does preloading another allocator (LD_PRELOAD naming jemalloc, tcmalloc, ...).
+
+Huge pages make each fault cheaper but leave TensorFlow's patch in place: buffers above
+128 KiB are still mapped and unmapped every step. `pin_malloc_thresholds`, called by
+`dataset_utils.prefetch_to_device` once a tf.data pipeline has started (TensorFlow patches
+again for every new generator pipeline), sets the thresholds to where glibc's own dynamic rule
+would have taken them (mmap 32 MiB, trim 64 MiB): 10x fewer page faults and 10-20% more
+images/s for the reference ViT fed by a TFDS pipeline (tools/README.md).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 
 TUNABLE = "glibc.malloc.hugetlb=1"
 THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+MMAP_THRESHOLD = 32 << 20  # glibc's ceiling for its dynamic mmap threshold on 64-bit
+TRIM_THRESHOLD = 2 * MMAP_THRESHOLD  # the trim threshold glibc's dynamic rule pairs with it
 
 
 def glibc_version() -> tuple[int, int] | None:
@@ -52,6 +63,29 @@ def huge_pages_wanted(environ, glibc: tuple[int, int] | None, thp: str | None) -
     if "GLIBC_TUNABLES" in environ or "malloc" in environ.get("LD_PRELOAD", ""):
         return False
     return glibc is not None and glibc >= (2, 35) and thp == "madvise"
+
+
+def thresholds_wanted(environ, glibc: tuple[int, int] | None) -> bool:
+    """Whether to pin glibc's malloc thresholds: glibc's malloc is in use and the user set
+    neither threshold through GLIBC_TUNABLES."""
+    tunables = environ.get("GLIBC_TUNABLES", "")
+    if "malloc" in environ.get("LD_PRELOAD", "") or glibc is None:
+        return False
+    return "mmap_threshold" not in tunables and "trim_threshold" not in tunables
+
+
+def pin_malloc_thresholds() -> bool:
+    """Sets glibc's mmap and trim thresholds (MMAP_THRESHOLD, TRIM_THRESHOLD), undoing
+    TensorFlow's 128 KiB trim threshold; returns whether it did. Call it after a tf.data
+    pipeline has started: TensorFlow applies its patch when a generator pipeline is created."""
+    if not sys.platform.startswith("linux"):
+        return False
+    if not thresholds_wanted(os.environ, glibc_version()):
+        return False
+    libc = ctypes.CDLL(None)  # this process's C library
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+        libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    )
 
 
 def reexec_with_huge_pages() -> None:

@@ -19,6 +19,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from scenic.common_lib import allocator
+
 
 @dataclasses.dataclass
 class Dataset:
@@ -149,6 +151,9 @@ def prefetch_to_device(
     queue = collections.deque()
     for batch in itertools.islice(iterator, max(size, 1)):
         queue.append(to_device(batch))
+    # The host pipeline has started (and TensorFlow, if it feeds it, has lowered glibc's
+    # malloc thresholds): put them back where large per-step buffers stay mapped.
+    allocator.pin_malloc_thresholds()
     while queue:
         yield queue.popleft()
         for batch in itertools.islice(iterator, 1):
