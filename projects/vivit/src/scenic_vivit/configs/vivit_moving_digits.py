@@ -2,8 +2,8 @@ r"""scenic-vivit train --config vivit_moving_digits --workdir /tmp/vivit_moving_
 
 The demo: a small factorised-encoder ViViT on built-in moving digits (no download).
 Expected, measured on a 2-core AMD EPYC (Zen 4, AVX-512) CPU: 96.60% / 96.25% / 96.53% test
-accuracy for seeds 0 / 1 / 2 (mean 96.46%) after 139-163 s of training (1,200 steps at
-~970-1,150 clips/s); a frame-only model on the same data reached 24.24%. An older AVX2 CPU
+accuracy for seeds 0 / 1 / 2 (mean 96.46%) after 127-146 s of training (1,200 steps at
+~1,100-1,260 clips/s); a frame-only model on the same data reached 24.24%. An older AVX2 CPU
 trains 1.6-2x more slowly. See the project README's results table.
 
 Moving digits: a scikit-learn digit moves across a 16x16 canvas for 8 frames in one of 4
