@@ -285,6 +285,7 @@ def end_to_end_rate(name: str, args, tmp: str) -> float | None:
         return None
     batch = args.batch or pipeline.batch
     extra = {"videos": args.videos, "noise": args.video_noise} if pipeline.video else {}
+    bench_trainer.setup()  # also with --skip-trainer
     with mock_tfds(pipeline.mock):
         dataset = pipeline.build(batch, args.data_dir, tmp, **extra)
         result = bench_trainer.measure(
