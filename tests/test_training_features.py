@@ -21,6 +21,19 @@ def resolved(tiny_overrides, *extra):
     return runner.resolve_config(config, MODELS, overrides)
 
 
+def record_label_shapes(monkeypatch, model_cls) -> list:
+    """The label shapes `model_cls.loss_function` is traced with from now on (per device and
+    micro-batch; soft targets after mixup)."""
+    shapes, loss_function = [], model_cls.loss_function
+
+    def recording_loss(self, logits, batch, model_params=None):
+        shapes.append(batch["label"].shape)
+        return loss_function(self, logits, batch, model_params)
+
+    monkeypatch.setattr(model_cls, "loss_function", recording_loss)
+    return shapes
+
+
 def train(config, model_cls, workdir):
     return classification_trainer.train(
         model_cls=model_cls, dataset=runner.build_dataset(config), config=config, workdir=workdir
@@ -32,14 +45,7 @@ def test_gradient_accumulation_matches_the_full_batch(tmp_path, tiny_vit_digits,
     sgd = ["optimizer={'name': 'sgd'}", "lr_configs.base_learning_rate=0.5"]
     full, _ = train(*resolved(tiny_vit_digits, *sgd), tmp_path / "full")
     config, model_cls = resolved(tiny_vit_digits, *sgd, "grad_accumulation_steps=4")
-    label_shapes = []
-    loss_function = model_cls.loss_function
-
-    def recording_loss(self, logits, batch, model_params=None):
-        label_shapes.append(batch["label"].shape)
-        return loss_function(self, logits, batch, model_params)
-
-    monkeypatch.setattr(model_cls, "loss_function", recording_loss)
+    label_shapes = record_label_shapes(monkeypatch, model_cls)
     accumulated, _ = train(config, model_cls, tmp_path / "acc")
     assert label_shapes and set(label_shapes) == {(8,)}  # micro-batches of 32 / 4
     jax.tree.map(
@@ -56,7 +62,7 @@ def test_accumulation_must_divide_the_per_device_batch(tmp_path, tiny_vit_digits
 
 
 def test_mixup_ema_bfloat16_and_frozen_parameters(tmp_path, tiny_vit_digits, monkeypatch):
-    seen = {"peak_dtypes": [], "label_shapes": [], "activation_dtypes": set()}
+    seen = {"peak_dtypes": [], "activation_dtypes": set()}
     peak = classification_trainer.debug_utils.peak_matmul_flops
 
     def recording_peak(*args, **kwargs):
@@ -71,13 +77,7 @@ def test_mixup_ema_bfloat16_and_frozen_parameters(tmp_path, tiny_vit_digits, mon
         "compute_dtype=bfloat16",
         "optimizer.frozen_params=('embedding/.*',)",
     )
-    loss_function = model_cls.loss_function
-
-    def recording_loss(self, logits, batch, model_params=None):
-        seen["label_shapes"].append(batch["label"].shape)
-        return loss_function(self, logits, batch, model_params)
-
-    monkeypatch.setattr(model_cls, "loss_function", recording_loss)
+    label_shapes = record_label_shapes(monkeypatch, model_cls)
 
     def record_encoder_output(next_fun, args, kwargs, context):
         out = next_fun(*args, **kwargs)
@@ -89,7 +89,7 @@ def test_mixup_ema_bfloat16_and_frozen_parameters(tmp_path, tiny_vit_digits, mon
         state, final = train(config, model_cls, tmp_path)
     assert np.isfinite(final["accuracy"])
     # Mixup turned the integer labels into per-device soft targets [batch, classes] ...
-    assert seen["label_shapes"] and all(s == (32, 10) for s in seen["label_shapes"])
+    assert label_shapes and all(s == (32, 10) for s in label_shapes)
     # ... the encoder ran in bfloat16, and MFU is against a bfloat16 peak.
     assert seen["activation_dtypes"] == {jnp.dtype(jnp.bfloat16)}
     assert seen["peak_dtypes"] == [jnp.dtype(jnp.bfloat16)]

@@ -10,16 +10,20 @@ import ml_collections
 
 from scenic.common_lib.config_utils import ConfigError
 
-#: Top-level keys that must be >= 1 (the loop uses `step % key`, batches are split by them).
-POSITIVE_INTS = (
-    "batch_size",
-    "eval_batch_size",
-    "log_summary_steps",
-    "log_eval_steps",
-    "checkpoint_steps",
-    "max_checkpoints_to_keep",
-    "grad_accumulation_steps",
-)
+#: Integer top-level keys and their least usable value (the loop uses `step % key` for the
+#: step counts, batches are split by the sizes; 0 steps means "use the epochs").
+MINIMUMS = {
+    "batch_size": 1,
+    "eval_batch_size": 1,
+    "log_summary_steps": 1,
+    "log_eval_steps": 1,
+    "checkpoint_steps": 1,
+    "max_checkpoints_to_keep": 1,
+    "grad_accumulation_steps": 1,
+    "prefetch_to_device": 0,
+    "num_training_steps": 0,
+    "profile_steps": 0,
+}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -62,14 +66,10 @@ def check_values(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError for values no run can use, naming the key: counts below 1 (a
     `step % 0` or an empty batch later), negative prefetch or steps, and label smoothing set
     both for the model and for mixup's soft targets (it would smooth twice)."""
-    for key in POSITIVE_INTS:
+    for key, minimum in MINIMUMS.items():
         value = config.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"{key} must be an integer >= 1, got {value!r}.")
-    for key in ("prefetch_to_device", "num_training_steps", "profile_steps"):
-        value = config.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ConfigError(f"{key} must be an integer >= 0, got {value!r}.")
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}.")
     if config.get("label_smoothing") and (config.mixup or {}).get("label_smoothing"):
         raise ConfigError(
             "label_smoothing and mixup.label_smoothing are both set: targets would be "
