@@ -13,7 +13,7 @@ import numpy as np
 WORKER = """
 import sys, numpy as np, jax
 from scenic.common_lib import config_utils, runner
-from scenic.train_lib import classification_trainer, distributed
+from scenic.train_lib import distributed, trainer
 from scenic_baselines.models import MODELS
 address, processes, index, workdir, out = sys.argv[1:6]
 if int(processes) > 1:
@@ -21,8 +21,9 @@ if int(processes) > 1:
 config = config_utils.load_config("vit_digits", "scenic_baselines.configs")
 overrides = [o.removeprefix("--config.") for o in sys.argv[6:]]
 config, model_cls = runner.resolve_config(config, MODELS, overrides)
-state, final = classification_trainer.train(
+result = trainer.train(
     model_cls=model_cls, dataset=runner.build_dataset(config), config=config, workdir=workdir)
+state, final = result.state, result.metrics
 flat = {"/".join(str(k.key) for k in path): leaf
         for path, leaf in jax.tree_util.tree_flatten_with_path(state["params"])[0]}
 np.savez(out, **flat)

@@ -8,7 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from scenic.common_lib import config_utils, runner
-from scenic.train_lib import classification_trainer
+from scenic.train_lib import trainer
 from scenic_baselines.models import MODELS
 
 
@@ -64,7 +64,11 @@ def tiny_config(tiny_overrides):
 def test_resume_after_stop_equals_uninterrupted_run(tmp_path, tiny_vit_digits):
     config, model_cls = tiny_config(tiny_vit_digits)
     dataset = runner.build_dataset(config)
-    train = classification_trainer.train
+
+    def train(**kwargs):
+        result = trainer.train(**kwargs)
+        return result.state, result.metrics
+
     full, _ = train(model_cls=model_cls, dataset=dataset, config=config, workdir=tmp_path / "a")
     stopped, _ = train(
         model_cls=model_cls,

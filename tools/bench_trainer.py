@@ -4,7 +4,7 @@
         [--steps 30] [--batch N] [--devices N] [--compute-dtype float32|bfloat16]
         [--remat] [--attention fused|unfused]
 
-For each model it runs `classification_trainer.train` (the code `scenic-baselines train` and
+For each model it runs `trainer.train` (the code `scenic-baselines train` and
 `scenic-vivit train` run) on an in-memory synthetic data set served through the standard
 Dataset contract and `prefetch_to_device`, and prints examples/s (images or clips; after
 compilation), the model FLOPs per training example from XLA's cost analysis of forward +
@@ -140,7 +140,7 @@ def config_for(
     config = ml_collections.ConfigDict(
         {
             "experiment_name": f"bench_{name}",
-            "trainer_name": "classification_trainer",
+            "trainer_name": "trainer",
             "model_name": model_name,
             "dataset_name": "synthetic",
             "model": model,
@@ -244,7 +244,7 @@ def measure(
     pipeline, see bench_pipelines.py --end-to-end); returns batch, examples/s, model FLOPs per
     training example (None if XLA gives no cost analysis) and the temporary bytes of a
     forward + backward pass. Call `setup()` first."""
-    from scenic.train_lib import classification_trainer
+    from scenic.train_lib import trainer
 
     if steps < 2:
         raise ValueError(f"steps must be >= 2 (the first step compiles), got {steps}.")
@@ -257,18 +257,18 @@ def measure(
         dataset = synthetic_dataset(shape, config.batch_size, num_classes)
     model_cls = model_registry(model_name)[model_name]
     with tempfile.TemporaryDirectory() as workdir:
-        _, final = classification_trainer.train(
+        final = trainer.train(
             model_cls=model_cls,
             dataset=dataset,
             config=config,
             workdir=workdir,
             stop_after_step=steps,
-        )
-    model, dtype = classification_trainer.build_model(model_cls, config, dataset.meta_data)
+        ).metrics
+    model, dtype = trainer.build_model(model_cls, config, dataset.meta_data)
     _, temp_bytes = train_step_costs(model, config.batch_size, dtype)
     plain_config = config.copy_and_resolve_references()
     plain_config.model.remat = False  # model FLOPs: without the recomputation
-    plain, _ = classification_trainer.build_model(model_cls, plain_config, dataset.meta_data)
+    plain, _ = trainer.build_model(model_cls, plain_config, dataset.meta_data)
     flops, _ = train_step_costs(plain, config.batch_size, dtype)
     return {
         "batch": config.batch_size,

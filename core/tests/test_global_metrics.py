@@ -14,8 +14,8 @@ from scenic.model_lib.base_models import (
     MultiLabelClassificationModel,
     SegmentationModel,
 )
-from scenic.train_lib import classification_trainer
-from scenic.train_lib.train_state import replicate
+from scenic.train_lib import evaluation, steps
+from scenic.train_lib.train_state import TrainState, replicate
 
 
 @pytest.mark.parametrize("case", ["random", "ties", "one_positive", "all_positive"])
@@ -58,29 +58,16 @@ class FixedLogits:
         return {}
 
 
-def padded_eval_dataset(batches):
-    class Data:
-        def eval_batches(self):
-            return iter(batches)
-
-    return Data()
-
-
 def with_fixed_logits(model_cls):
     return type(model_cls.__name__, (model_cls,), {"build_flax_model": lambda self: FixedLogits()})
 
 
 def run_evaluate(model, batches):
-    state = classification_trainer.TrainState(
+    state = TrainState(
         step=np.zeros((), np.int32), params={}, opt_state={}, model_state={}, rng=np.zeros(2)
     )
-    p_eval = jax.pmap(
-        lambda s, b: classification_trainer.eval_step(s, b, model=model),
-        axis_name=classification_trainer.AXIS,
-    )
-    return classification_trainer.evaluate(
-        p_eval, replicate(state), padded_eval_dataset(batches), 1, model
-    )
+    p_eval = jax.pmap(lambda s, b: steps.eval_step(s, b, model=model), axis_name=steps.AXIS)
+    return evaluation.evaluate(p_eval, replicate(state), batches, 1, model)
 
 
 def test_evaluate_computes_map_without_padded_examples():
@@ -172,7 +159,7 @@ def test_per_class_values_are_counted_not_listed_in_log_lines():
     from scenic.common_lib import runner
 
     metrics = {"accuracy": 0.5, "per_class_accuracy/0": 1.0, "per_class_accuracy/1": 0.0}
-    line = classification_trainer.format_metrics(metrics)
+    line = evaluation.format_metrics(metrics)
     assert line == "accuracy=0.5000 (+2 per-class values)"
     assert "per_class" not in runner.summary_line("test", {**metrics, "step": 3})
 

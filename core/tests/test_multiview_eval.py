@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 
 from scenic.model_lib.base_models.classification_model import ClassificationModel
-from scenic.train_lib import classification_trainer, summaries
+from scenic.train_lib import steps, summaries
 from scenic.train_lib.train_state import TrainState, replicate
 
 NUM_CLASSES, FEATURES, VIEWS, BATCH, NUM_REAL = 4, 3, 5, 6, 4
@@ -37,8 +37,8 @@ def test_multiview_eval_averages_view_logits_and_ignores_padding():
     params = model.flax_model.init(jax.random.key(0), inputs[0])["params"]
     state = TrainState(step=np.int32(0), params=params, opt_state=(), model_state={}, rng=())
     step = jax.pmap(
-        functools.partial(classification_trainer.multiview_eval_step, model=model),
-        axis_name=classification_trainer.AXIS,
+        functools.partial(steps.multiview_eval_step, model=model),
+        axis_name=steps.AXIS,
     )
     batch = {"inputs": inputs[None], "label": labels[None], "batch_mask": mask[None]}
     pairs, _, _ = step(replicate(state), batch)

@@ -12,7 +12,8 @@ def test_model_code_and_train_step_import_no_tensorflow():
         import scenic.model_lib.base_models  # every base model, detection included
         import scenic.model_lib.matchers, scenic.model_lib.box_utils
         import scenic.model_lib.layers, scenic.model_lib.model_utils
-        import scenic.train_lib.classification_trainer, scenic.train_lib.checkpoints
+        import scenic.train_lib.trainer, scenic.train_lib.checkpoints
+        import scenic.train_lib.trained_model, scenic.train_lib.classification_trainer
         import scenic.dataset_lib, scenic.common_lib.runner
         import scenic_baselines.vit, scenic_baselines.models, scenic_baselines.cli
         tf_names = ("tensorflow", "tensorflow_datasets")

@@ -150,8 +150,8 @@ def test_multilabel_model_uses_sigmoid_loss():
 def test_multihead_per_class_accuracy_through_the_trainers_evaluate():
     """Nested per-head totals are psum'ed in the pmapped eval step, summed over batches and
     turned into each head's mean per-class accuracy; padding rows do not count."""
-    from scenic.train_lib import classification_trainer
-    from scenic.train_lib.train_state import replicate
+    from scenic.train_lib import evaluation, steps
+    from scenic.train_lib.train_state import TrainState, replicate
 
     class FixedLogits:
         def apply(self, variables, inputs, train=False):
@@ -170,18 +170,11 @@ def test_multihead_per_class_accuracy_through_the_trainers_evaluate():
         for i in (0, 4)
     ]
 
-    class Data:
-        def eval_batches(self):
-            return iter(batches)
-
-    state = classification_trainer.TrainState(
+    state = TrainState(
         step=np.zeros((), np.int32), params={}, opt_state={}, model_state={}, rng=np.zeros(2)
     )
-    p_eval = jax.pmap(
-        lambda s, b: classification_trainer.eval_step(s, b, model=model),
-        axis_name=classification_trainer.AXIS,
-    )
-    metrics = classification_trainer.evaluate(p_eval, replicate(state), Data(), 1, model)
+    p_eval = jax.pmap(lambda s, b: steps.eval_step(s, b, model=model), axis_name=steps.AXIS)
+    metrics = evaluation.evaluate(p_eval, replicate(state), batches, 1, model)
     for head, (name, columns) in enumerate((("verb", slice(0, 2)), ("noun", slice(2, 5)))):
         predicted, truth = logits[:6, columns].argmax(-1), labels[:6, head]
         expected = np.mean([np.mean(predicted[truth == c] == c) for c in np.unique(truth)])

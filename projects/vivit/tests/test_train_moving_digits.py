@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from scenic.common_lib import config_utils, runner
-from scenic.train_lib import classification_trainer
+from scenic.train_lib import trainer
 from scenic_vivit.models import MODELS
 
 TINY = [
@@ -29,10 +29,8 @@ def train(tmp_path, *extra):
     config = config_utils.load_config("vivit_moving_digits", "scenic_vivit.configs")
     config, model_cls = runner.resolve_config(config, MODELS, [*TINY, *extra])
     dataset = runner.build_dataset(config)
-    _, final = classification_trainer.train(
-        model_cls=model_cls, dataset=dataset, config=config, workdir=tmp_path
-    )
-    return final
+    result = trainer.train(model_cls=model_cls, dataset=dataset, config=config, workdir=tmp_path)
+    return result.metrics
 
 
 @pytest.mark.parametrize("clips", [1, 2])

@@ -3,6 +3,7 @@
     scenic-<name> train --config NAME_OR_PATH[:arg] --workdir DIR [--config.a.b=value ...]
     scenic-<name> eval  --workdir DIR [--config ...]   (default: the run's config.json)
     scenic-<name> list-configs
+    scenic-<name> VERB ...        a project's own verbs (`make_main(commands=...)`)
 
 Multi-host: start the same command on every host with `--coordinator_address HOST:PORT
 --num_processes N --process_id I` (or JAX's `JAX_COORDINATOR_ADDRESS` environment, or
@@ -12,13 +13,17 @@ Exit codes: 0 done; 2 a problem with the command line, config or inputs (one lin
 stderr); 1 a training failure such as a NaN loss; 130 / 143 stopped by SIGINT / SIGTERM
 after checkpointing (run the same command again to resume).
 
-The whole config is checked before anything is written to the workdir: unknown keys,
-model, data set, trainer, optimizer or schedule names are errors that name the problem.
+Everything is checked before the workdir is created or written to: unknown keys and
+model, data set, trainer, optimizer or schedule names, values the trainer cannot use
+(asked of the trainer, which owns its config schema), the data set builder's arguments
+(the data set is built first), a config file that does not load, a workdir that is a
+file. Each is one line on stderr naming the key or file, exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -40,13 +45,14 @@ class UsageError(Exception):
 
 def expected_errors() -> tuple[type[Exception], ...]:
     from scenic.dataset_lib.datasets import UnknownDatasetError
-    from scenic.train_lib.checkpoints import CheckpointMismatchError
+    from scenic.train_lib.checkpoints import CheckpointMismatchError, CorruptCheckpointError
 
     return (
         ConfigError,
         UsageError,
         UnknownDatasetError,
         CheckpointMismatchError,
+        CorruptCheckpointError,
         FileNotFoundError,
     )
 
@@ -54,81 +60,138 @@ def expected_errors() -> tuple[type[Exception], ...]:
 def resolve_config(
     config: ml_collections.ConfigDict, models: dict[str, type], overrides: Sequence[str] = ()
 ):
-    """Checks every key and name in `config`; returns (full config with defaults, model_cls).
+    """Checks every key and value in `config`; returns (full config with defaults, model_cls).
 
-    `overrides` ("a.b=v") may also set keys the config file leaves at their defaults (every
-    key is then checked like the file's own).
+    The trainer named by `trainer_name` owns the top-level schema (its `default_config`,
+    `FREE_SECTIONS` and `check_config`); the model adds its own top-level keys and checks
+    `config.model`; the data set builder's signature checks `dataset_configs`. `overrides`
+    ("a.b=v") may also set keys the config file leaves at their defaults (every key is then
+    checked like the file's own).
     """
     from scenic.dataset_lib import datasets
-    from scenic.train_lib import (
-        ema,
-        lr_schedules,
-        mixup,
-        optimizers,
-        precision,
-        pretrained_init,
-        trainer_config,
-        trainers,
-    )
+    from scenic.train_lib import trainers
 
-    config_utils.apply_overrides(
-        config, overrides, trainer_config.FREE_SECTIONS, open_top_level=True
-    )
+    trainer_name = config.get("trainer_name", trainers.DEFAULT_TRAINER)
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key == "trainer_name":
+            trainer_name = config_utils.parse_override_value(value)
+    trainer = trainers.get_trainer(trainer_name)
+    free_sections = tuple(getattr(trainer, "FREE_SECTIONS", ()))
+    config_utils.apply_overrides(config, overrides, free_sections, open_top_level=True)
     name = config.get("model_name", "")
     if name not in models:
         hint = config_utils.did_you_mean(str(name), models)
         known = ", ".join(sorted(models))
         raise ConfigError(f"Unknown model_name {name!r}.{hint} Known: {known}.")
     model_cls = models[name]
-    schema = trainer_config.default_config()
+    schema = trainer.default_config()
     with schema.unlocked():
+        schema["trainer_name"] = trainer_name
         for key in model_cls.config_keys:
             schema[key] = ml_collections.FieldReference(None, field_type=object)
-    config_utils.check_schema(config, schema, free_sections=trainer_config.FREE_SECTIONS)
+    config_utils.check_schema(config, schema, free_sections=free_sections)
     config = config_utils.with_defaults(config, schema)
-    trainer_config.check_values(config)
+    trainer.check_config(config)
     config_utils.check_keys(config.model, model_cls.model_config_keys(), "model")
     model_cls.check_config(config)
     builder = datasets.get_dataset_builder(config.dataset_name)
     config_utils.check_keys_against_signature(
         config.dataset_configs, builder, "dataset_configs", exclude=TRAINER_PROVIDED
     )
-    trainers.get_trainer(config.trainer_name)
-    steps = config.num_training_steps or 1 << 30  # epochs: checked again once data is known
-    schedule = lr_schedules.compound_schedule(config.lr_configs, steps)
-    optimizers.get_optimizer(config.optimizer, schedule)
-    mixup.from_config(config.mixup, None)
-    ema.from_config(config.ema)
-    precision.compute_dtype(config.compute_dtype)
-    pretrained_init.check_config(config.init_from)
     return config, model_cls
 
 
 def build_dataset(config: ml_collections.ConfigDict):
+    """The data set of `config` for this host. A builder's ValueError (an argument out of
+    range, a corrupt file) becomes a ConfigError naming the data set: bad input, exit 2."""
     import jax
 
     from scenic.dataset_lib import datasets
 
-    return datasets.get_dataset(
-        config.dataset_name,
-        batch_size=config.batch_size,
-        eval_batch_size=config.eval_batch_size,
-        seed=config.rng_seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        **config.dataset_configs.to_dict(),
-    )
+    try:
+        return datasets.get_dataset(
+            config.dataset_name,
+            batch_size=config.batch_size,
+            eval_batch_size=config.eval_batch_size,
+            seed=config.rng_seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            **config.dataset_configs.to_dict(),
+        )
+    except ConfigError:
+        raise
+    except ValueError as error:
+        raise ConfigError(f"data set {config.dataset_name!r} (dataset_configs): {error}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """A project's own CLI verb (`make_main(commands={"detect": Command(...)})`).
+
+    Attributes:
+      run: `run(args, context) -> exit code`; raise ConfigError / UsageError /
+        FileNotFoundError for bad input (one line on stderr, exit code 2).
+      help: one line for `--help`.
+      add_arguments: `fn(parser)` adding the verb's own arguments.
+      distributed: add the multi-host flags and initialise `jax.distributed` first.
+    """
+
+    run: Callable[[argparse.Namespace, CommandContext], int]
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    distributed: bool = False
+
+
+@dataclasses.dataclass
+class CommandContext:
+    """What a verb needs from its project: configs, models, data sets, trained models."""
+
+    prog: str
+    config_package: str
+    models: dict[str, type]
+    overrides: list[str]
+
+    def load_config(self, spec: str | None = None, workdir: str | pathlib.Path | None = None):
+        """(resolved config, model_cls) from `--config` (a name or path) or, without one,
+        the config.json a training run left in `workdir`; the overrides applied."""
+        config = read_config(spec, workdir, self.config_package)
+        return resolve_config(config, self.models, self.overrides)
+
+    def build_dataset(self, config):
+        return build_dataset(config)
+
+    def load_trained_model(self, workdir: str | pathlib.Path, config=None):
+        """A `TrainedModel` (module, EMA or raw parameters, jitted predict) from `workdir`."""
+        from scenic.train_lib import trained_model
+
+        if config is None:
+            config, model_cls = self.load_config(None, workdir)
+        else:
+            model_cls = self.models[config.model_name]
+        return trained_model.load_trained_model(model_cls, config, workdir)
 
 
 def make_main(
-    *, prog: str, config_package: str, models: Callable[[], dict[str, type]], description: str
+    *,
+    prog: str,
+    config_package: str,
+    models: Callable[[], dict[str, type]],
+    description: str,
+    commands: dict[str, Command] | None = None,
 ) -> Callable[[Sequence[str] | None], int]:
     """Builds `main(argv) -> exit code` for a project's console script.
 
-    `models` is called lazily and maps `config.model_name` values to BaseModel classes.
+    `models` is called lazily and maps `config.model_name` values to BaseModel classes (a
+    project may register its data sets and trainers there, or at import). `commands` adds
+    the project's own verbs (e.g. `detect`, `predict`) beside train, eval and list-configs.
     Run as a console script (`argv` None), it first re-executes itself with glibc malloc on
     huge pages where that helps (`allocator.reexec_with_huge_pages`).
     """
+    commands = dict(commands or {})
+    clash = set(commands) & set(BUILTIN_COMMANDS)
+    if clash:
+        raise ValueError(f"{prog}: commands {sorted(clash)} would replace built-in verbs.")
 
     def main(argv: Sequence[str] | None = None) -> int:
         if argv is None:
@@ -149,6 +212,12 @@ def make_main(
             help="capture a JAX profiler trace of a few steps into WORKDIR/profile",
         )
         sub.add_parser("list-configs", help="list the configs this project ships")
+        for name, command in commands.items():
+            command_p = sub.add_parser(name, help=command.help)
+            if command.add_arguments:
+                command.add_arguments(command_p)
+            if command.distributed:
+                add_distributed_flags(command_p)
         args, extra = parser.parse_known_args(argv)
         try:
             overrides = parse_overrides(extra)
@@ -156,14 +225,18 @@ def make_main(
                 print("\n".join(config_utils.list_configs(config_package)))
                 return 0
             setup_logging()
-            from scenic.train_lib import distributed
+            if args.command in BUILTIN_COMMANDS or commands[args.command].distributed:
+                from scenic.train_lib import distributed
 
-            distributed.initialize(
-                args.coordinator_address, args.num_processes, args.process_id, args.multihost
-            )
+                distributed.initialize(
+                    args.coordinator_address, args.num_processes, args.process_id, args.multihost
+                )
             if args.command == "train":
                 return run_train(args, overrides, config_package, models())
-            return run_eval(args, overrides, config_package, models())
+            if args.command == "eval":
+                return run_eval(args, overrides, config_package, models())
+            context = CommandContext(prog, config_package, models(), overrides)
+            return int(commands[args.command].run(args, context) or 0)
         except expected_errors() as error:
             print(f"{prog}: error: {error}", file=sys.stderr)
             return 2
@@ -172,6 +245,9 @@ def make_main(
             return 1
 
     return main
+
+
+BUILTIN_COMMANDS = ("train", "eval", "list-configs")
 
 
 def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
@@ -199,26 +275,53 @@ def parse_overrides(extra: Sequence[str]) -> list[str]:
     return overrides
 
 
+def read_config(
+    spec: str | None, workdir: str | pathlib.Path | None, config_package: str
+) -> ml_collections.ConfigDict:
+    """`--config NAME_OR_PATH[:arg]`, or without one the config.json of the run in `workdir`."""
+    if spec:
+        return config_utils.load_config(spec, config_package)
+    if workdir is None:
+        raise UsageError("Pass --config or the --workdir of a training run.")
+    saved = pathlib.Path(workdir) / "config.json"
+    if not saved.is_file():
+        raise UsageError(f"{saved} does not exist; pass --config or a workdir of a run.")
+    try:
+        return ml_collections.ConfigDict(json.loads(saved.read_text()))
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{saved} is not valid JSON: {error}.") from None
+
+
+def check_workdir(workdir: pathlib.Path) -> None:
+    """A workdir must be a directory or not exist yet (it is created only once all is checked)."""
+    if workdir.exists() and not workdir.is_dir():
+        raise UsageError(f"--workdir {workdir} exists and is not a directory.")
+    parent = next((p for p in workdir.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UsageError(f"--workdir {workdir}: {parent} is not a directory.")
+
+
 def run_train(args, overrides, config_package, models) -> int:
     from scenic.train_lib import trainers
 
+    workdir = pathlib.Path(args.workdir)
+    check_workdir(workdir)
     config = config_utils.load_config(args.config, config_package)
     if args.profile:
         overrides = [*overrides, "profile_steps=5"]
     config, model_cls = resolve_config(config, models, overrides)
-    logging.getLogger(__name__).info("Allocator: %s", allocator.describe())
-    workdir = pathlib.Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    dataset = build_dataset(config)
     trainer = trainers.get_trainer(config.trainer_name)
-    _, final = trainer.train(model_cls=model_cls, dataset=dataset, config=config, workdir=workdir)
-    if final.get("stopped_by"):
+    dataset = build_dataset(config)  # its argument checks too come before the workdir
+    logging.getLogger(__name__).info("Allocator: %s", allocator.describe())
+    workdir.mkdir(parents=True, exist_ok=True)
+    result = trainer.train(model_cls=model_cls, dataset=dataset, config=config, workdir=workdir)
+    if result.stopped_by:
         print(
-            f"Stopped by {final['stopped_by']} at step {final['step']}; checkpoint saved. "
+            f"Stopped by {result.stopped_by} at step {result.step}; checkpoint saved. "
             "Run the same command again to resume."
         )
-        return int(final["exit_code"])
-    print(summary_line("test", final))
+        return result.exit_code
+    print(summary_line("test", result.metrics))
     return 0
 
 
@@ -226,16 +329,12 @@ def run_eval(args, overrides, config_package, models) -> int:
     from scenic.train_lib import trainers
 
     workdir = pathlib.Path(args.workdir)
-    if args.config:
-        config = config_utils.load_config(args.config, config_package)
-    else:
-        saved = workdir / "config.json"
-        if not saved.is_file():
-            raise UsageError(f"{saved} does not exist; pass --config or a workdir of a run.")
-        config = ml_collections.ConfigDict(json.loads(saved.read_text()))
+    if not workdir.is_dir():
+        raise UsageError(f"--workdir {workdir} is not a directory of a training run.")
+    config = read_config(args.config, workdir, config_package)
     config, model_cls = resolve_config(config, models, overrides)
-    dataset = build_dataset(config)
     trainer = trainers.get_trainer(config.trainer_name)
+    dataset = build_dataset(config)
     metrics = trainer.evaluate_checkpoint(
         model_cls=model_cls, dataset=dataset, config=config, workdir=workdir
     )

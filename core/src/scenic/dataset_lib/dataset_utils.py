@@ -1,7 +1,8 @@
 """What every input pipeline shares: the Dataset contract, deterministic per-host example
 order, eval padding with `batch_mask`, and sharding / prefetching host batches to devices.
 
-Batches are dicts of NumPy arrays: `inputs`, `label`, and `batch_mask` (1 real, 0 padding).
+Batches are dicts of NumPy arrays: `inputs` and `label` (each an array or a dict of arrays)
+and `batch_mask` (1 real, 0 padding); see core/docs/batch_contract.md.
 """
 
 from __future__ import annotations
@@ -27,19 +28,26 @@ class Dataset:
     """A built data set.
 
     Attributes:
-      meta_data: `num_classes`, `input_shape` (one example, with a leading -1 batch axis),
-        `input_dtype`, `num_train_examples`, `num_eval_examples`, and data-set specifics.
+      meta_data: `num_classes`, `input_shape` (one example, with a leading -1 batch axis)
+        and `input_dtype` (each a dict of named modalities when `inputs` is a dict),
+        `num_train_examples`, `num_eval_examples`, and data-set specifics.
       train_batches: `start_step -> iterator` of this host's training batches, endless;
         batch k of the stream is the same whatever `start_step` it was started from.
       eval_batches: `() -> iterator` over one pass of this host's eval batches, padded to
         full size with `batch_mask`; every host yields `num_eval_batches` of them.
       num_eval_batches: batches per eval pass (identical on every host).
+      extra_eval_splits: more named eval splits, `name -> () -> iterator` of padded batches
+        like `eval_batches` (e.g. a held-out set beside the test set); the trainer reports
+        each split's metrics under its name (`{name}/{metric}`).
     """
 
     meta_data: dict[str, Any]
     train_batches: Callable[[int], Iterator[dict[str, np.ndarray]]]
     eval_batches: Callable[[], Iterator[dict[str, np.ndarray]]]
     num_eval_batches: int
+    extra_eval_splits: dict[str, Callable[[], Iterator[dict[str, np.ndarray]]]] = dataclasses.field(
+        default_factory=dict, kw_only=True
+    )
 
 
 def host_batch_size(global_batch_size: int, process_count: int, what: str = "batch_size") -> int:
@@ -95,32 +103,34 @@ def num_eval_batches(num_examples: int, host_batch: int, process_count: int) -> 
     return max(1, math.ceil(largest_slice / host_batch))
 
 
-def padded_eval_batches(
-    arrays: dict[str, np.ndarray], host_batch: int, num_batches: int
-) -> Iterator[dict[str, np.ndarray]]:
-    """Yields `num_batches` batches of `host_batch` from `arrays`, zero-padded at the end.
+def padded_eval_batches(arrays: dict, host_batch: int, num_batches: int) -> Iterator[dict]:
+    """Yields `num_batches` batches of `host_batch` from `arrays` (a dict whose values are
+    arrays or dicts of arrays, e.g. modalities, all of one length), zero-padded at the end.
 
     Adds `batch_mask` (1.0 real, 0.0 padding). Nothing is dropped or repeated.
     """
-    num_real = len(next(iter(arrays.values())))
+    num_real = len(jax.tree.leaves(arrays)[0])
     if num_real > host_batch * num_batches:
         raise ValueError(f"{num_real} examples do not fit {num_batches} batches of {host_batch}.")
     for b in range(num_batches):
         lo, hi = b * host_batch, min((b + 1) * host_batch, num_real)
         count = max(hi - lo, 0)
-        batch = {}
-        for key, values in arrays.items():
-            chunk = np.zeros((host_batch, *values.shape[1:]), values.dtype)
-            chunk[:count] = values[lo : lo + count]
-            batch[key] = chunk
+
+        def chunk(values, lo=lo, count=count):
+            out = np.zeros((host_batch, *values.shape[1:]), values.dtype)
+            out[:count] = values[lo : lo + count]
+            return out
+
+        batch = jax.tree.map(chunk, dict(arrays))
         mask = np.zeros((host_batch,), np.float32)
         mask[:count] = 1.0
         batch["batch_mask"] = mask
         yield batch
 
 
-def shard(batch: dict[str, np.ndarray], num_devices: int) -> dict[str, np.ndarray]:
-    """Reshapes host arrays `[B, ...]` to `[num_devices, B / num_devices, ...]` for pmap."""
+def shard(batch: dict, num_devices: int) -> dict:
+    """Reshapes every host array `[B, ...]` of a batch (any nesting of dicts) to
+    `[num_devices, B / num_devices, ...]` for pmap."""
 
     def split(x):
         if x.shape[0] % num_devices:

@@ -16,6 +16,11 @@ class CheckpointMismatchError(ValueError):
     """The workdir holds a checkpoint of a differently shaped model."""
 
 
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint in the workdir cannot be read. It is left as it is, never deleted or
+    written over: the user decides what to do with it."""
+
+
 def _path_name(path) -> str:
     """'opt_state/0/mu/head/kernel': the same for a namedtuple and the dict Orbax stores."""
     parts = []

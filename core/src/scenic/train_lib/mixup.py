@@ -9,7 +9,8 @@ flipped among the real examples only (the k-th real example pairs with the k-th 
 from the end); padded examples pair with themselves and so come out unchanged. With no
 padding this is exactly the plain flip. Each device mixes within its own shard.
 
-Integer inputs (e.g. uint8 images) come out as float32.
+Integer inputs (e.g. uint8 images) come out as float32. `inputs` may be a dict of named
+modalities (see `mix_batch`); every modality is mixed with the same partner.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ CONFIG_KEYS = (
     "mix_prob",
     "per_example",
     "label_smoothing",
+    "per_modality",
 )
 
 
@@ -56,30 +58,49 @@ def _float_inputs(inputs):
     return inputs if jnp.issubdtype(inputs.dtype, jnp.floating) else inputs.astype(jnp.float32)
 
 
-def mixup(batch: dict, lam, partner, *, num_classes=None, label_smoothing=0.0) -> dict:
-    """inputs and targets -> lam * own + (1 - lam) * partner's; `lam` is scalar or [B]."""
-    inputs = _float_inputs(batch["inputs"])
+def mix_array(x, lam, partner) -> jnp.ndarray:
+    """lam * x + (1 - lam) * x[partner] for one array [B, ...]; `lam` scalar or [B]."""
+    x = _float_inputs(x)
+    lam = jnp.broadcast_to(jnp.asarray(lam, jnp.float32), (x.shape[0],))
+    lam_x = lam.reshape((-1,) + (1,) * (x.ndim - 1)).astype(x.dtype)
+    return x * lam_x + x[partner] * (1 - lam_x)
+
+
+def paste_box(x, box, partner) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """The partner's values inside `box` = (y0, x0, y1, x1) (half-open, same box for every
+    example and frame; H, W are axes -3, -2) -> (mixed array, lambda = 1 - box area / area)."""
+    x = _float_inputs(x)
+    height, width = x.shape[-3:-1]
+    y0, x0, y1, x1 = (jnp.asarray(b, jnp.int32) for b in box)
+    rows = (jnp.arange(height) >= y0) & (jnp.arange(height) < y1)
+    cols = (jnp.arange(width) >= x0) & (jnp.arange(width) < x1)
+    inside = (rows[:, None] & cols[None, :])[..., None]  # [H, W, 1]
+    lam = 1.0 - jnp.sum(inside, dtype=jnp.float32) / (height * width)
+    return jnp.where(inside, x[partner], x), lam
+
+
+def mixed_targets(batch, lam, partner, num_classes, label_smoothing) -> jnp.ndarray:
+    """lam * own + (1 - lam) * partner's soft targets; `lam` scalar or [B]."""
     targets = soft_targets(batch["label"], num_classes, label_smoothing)
-    lam = jnp.broadcast_to(jnp.asarray(lam, jnp.float32), (inputs.shape[0],))
-    lam_x = lam.reshape((-1,) + (1,) * (inputs.ndim - 1)).astype(inputs.dtype)
-    mixed = inputs * lam_x + inputs[partner] * (1 - lam_x)
-    lam_y = lam[:, None]
-    return {**batch, "inputs": mixed, "label": targets * lam_y + targets[partner] * (1 - lam_y)}
+    lam_y = jnp.broadcast_to(jnp.asarray(lam, jnp.float32), (targets.shape[0],))[:, None]
+    return targets * lam_y + targets[partner] * (1 - lam_y)
+
+
+def mixup(batch: dict, lam, partner, *, num_classes=None, label_smoothing=0.0) -> dict:
+    """inputs and targets -> lam * own + (1 - lam) * partner's; `lam` is scalar or [B].
+
+    `inputs` may be a dict of modalities: each is mixed with the same `lam`."""
+    inputs = jax.tree.map(lambda x: mix_array(x, lam, partner), batch["inputs"])
+    label = mixed_targets(batch, lam, partner, num_classes, label_smoothing)
+    return {**batch, "inputs": inputs, "label": label}
 
 
 def cutmix(batch: dict, box, partner, *, num_classes=None, label_smoothing=0.0) -> dict:
     """Pastes the partner's pixels inside `box` = (y0, x0, y1, x1) (half-open, same box for
     every example and frame; H, W are axes -3, -2); lambda = 1 - box area / image area."""
-    inputs = _float_inputs(batch["inputs"])
-    height, width = inputs.shape[-3:-1]
-    y0, x0, y1, x1 = (jnp.asarray(b, jnp.int32) for b in box)
-    rows = (jnp.arange(height) >= y0) & (jnp.arange(height) < y1)
-    cols = (jnp.arange(width) >= x0) & (jnp.arange(width) < x1)
-    inside = (rows[:, None] & cols[None, :])[..., None]  # [H, W, 1]
-    mixed = jnp.where(inside, inputs[partner], inputs)
-    lam = 1.0 - jnp.sum(inside, dtype=jnp.float32) / (height * width)
-    targets = soft_targets(batch["label"], num_classes, label_smoothing)
-    return {**batch, "inputs": mixed, "label": targets * lam + targets[partner] * (1 - lam)}
+    mixed, lam = paste_box(batch["inputs"], box, partner)
+    label = mixed_targets(batch, lam, partner, num_classes, label_smoothing)
+    return {**batch, "inputs": mixed, "label": label}
 
 
 def sample_cutmix_box(rng, lam, height: int, width: int) -> tuple[jnp.ndarray, ...]:
@@ -138,32 +159,67 @@ def mix_batch(
     mix_prob: float = 1.0,
     per_example: bool = False,
     label_smoothing: float = 0.0,
+    per_modality: bool = False,
 ) -> dict:
     """Mixup or CutMix of one (per-device) batch; `label` becomes float32 [B, K] targets.
 
     lambda ~ Beta(alpha, alpha), one per batch (or one per example for mixup with
     `per_example`). With both alphas > 0, CutMix is used with probability `switch_prob`,
     else mixup. With probability 1 - `mix_prob` the batch is left unmixed (lambda = 1).
+
+    `inputs` may be a dict of modalities (e.g. rgb and spectrogram): all are mixed with the
+    same partner. They share one lambda, or with `per_modality` each draws its own; CutMix
+    draws a box per modality (on its axes -3, -2). The targets are mixed with the mean of
+    the modalities' lambdas (CutMix: of their actual box lambdas).
     """
     if mixup_alpha <= 0 and cutmix_alpha <= 0:
         raise ValueError("mix_batch needs mixup_alpha > 0 or cutmix_alpha > 0.")
     if batch["label"].ndim == 1 and not num_classes:
         raise ValueError("Integer labels [B] need num_classes to become mixed soft targets.")
     k_mix, k_cut, k_box, k_switch, k_apply = jax.random.split(rng, 5)
-    size = batch["inputs"].shape[0]
+    leaves, treedef = jax.tree.flatten(batch["inputs"])
+    size = leaves[0].shape[0]
     mask = batch.get("batch_mask")
     partner = partner_indices(jnp.ones((size,)) if mask is None else mask)
     apply = jax.random.bernoulli(k_apply, mix_prob)
-    kwargs = dict(num_classes=num_classes, label_smoothing=label_smoothing)
+
+    def modality_key(key, index, own):
+        """Modality 0 uses `key` itself, so a single array mixes as it always did."""
+        return jax.random.fold_in(key, index) if own and index else key
+
+    def finish(mixed_leaves, lams):
+        lam = sum(lams) / len(lams)
+        label = mixed_targets(batch, lam, partner, num_classes, label_smoothing)
+        inputs = jax.tree.unflatten(treedef, mixed_leaves)
+        return {**batch, "inputs": inputs, "label": label}
 
     def do_mixup(_):
-        lam = sample_beta(k_mix, mixup_alpha, (size,) if per_example else ())
-        return mixup(batch, jnp.where(apply, lam, 1.0), partner, **kwargs)
+        lams = [
+            jnp.where(
+                apply,
+                sample_beta(
+                    modality_key(k_mix, i, per_modality),
+                    mixup_alpha,
+                    (size,) if per_example else (),
+                ),
+                1.0,
+            )
+            for i in range(len(leaves))
+        ]
+        return finish([mix_array(x, lam, partner) for x, lam in zip(leaves, lams)], lams)
 
     def do_cutmix(_):
-        lam = jnp.where(apply, sample_beta(k_cut, cutmix_alpha), 1.0)
-        height, width = batch["inputs"].shape[-3:-1]
-        return cutmix(batch, sample_cutmix_box(k_box, lam, height, width), partner, **kwargs)
+        mixed, lams = [], []
+        for i, x in enumerate(leaves):
+            lam = jnp.where(
+                apply, sample_beta(modality_key(k_cut, i, per_modality), cutmix_alpha), 1.0
+            )
+            height, width = x.shape[-3:-1]
+            box = sample_cutmix_box(modality_key(k_box, i, True), lam, height, width)
+            pasted, box_lam = paste_box(x, box, partner)
+            mixed.append(pasted)
+            lams.append(box_lam)
+        return finish(mixed, lams)
 
     if cutmix_alpha <= 0:
         return do_mixup(None)
@@ -176,9 +232,9 @@ def mix_batch(
 def from_config(config: ml_collections.ConfigDict | None, num_classes: int | None):
     """`config.mixup` -> `fn(rng, batch) -> batch`, or None when the section is absent/empty.
 
-    Keys: mixup_alpha, cutmix_alpha, switch_prob, mix_prob, per_example, label_smoothing
-    (see `mix_batch`). The model's label_smoothing may not be set too (it would smooth twice;
-    `trainer_config.check_values` refuses it).
+    Keys: mixup_alpha, cutmix_alpha, switch_prob, mix_prob, per_example, label_smoothing,
+    per_modality (see `mix_batch`). The model's label_smoothing may not be set too (it would
+    smooth twice; `trainer_config.check_values` refuses it).
     """
     if not config:
         return None

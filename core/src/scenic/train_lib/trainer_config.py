@@ -30,7 +30,7 @@ def default_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
         {
             "experiment_name": "",
-            "trainer_name": "classification_trainer",
+            "trainer_name": "trainer",
             "model_name": "",
             "dataset_name": "",
             "dataset_configs": {},
@@ -70,8 +70,31 @@ def check_values(config: ml_collections.ConfigDict) -> None:
         value = config.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}.")
+    if not config.num_training_steps and not config.num_training_epochs:
+        raise ConfigError("Set num_training_steps or num_training_epochs (both are 0).")
+    if config.num_training_epochs < 0:
+        raise ConfigError(f"num_training_epochs must be >= 0, got {config.num_training_epochs}.")
     if config.get("label_smoothing") and (config.mixup or {}).get("label_smoothing"):
         raise ConfigError(
             "label_smoothing and mixup.label_smoothing are both set: targets would be "
             "smoothed twice; set only mixup.label_smoothing when mixup is on."
+        )
+
+
+def check_batch_split(
+    config: ml_collections.ConfigDict, process_count: int, local_device_count: int
+) -> None:
+    """Raises ConfigError unless the batches split evenly over every device and the
+    per-device batch over `grad_accumulation_steps` micro-batches."""
+    devices = process_count * local_device_count
+    layout = f"{process_count} host(s) x {local_device_count} local device(s)"
+    for key in ("batch_size", "eval_batch_size"):
+        if config[key] % devices:
+            raise ConfigError(f"{key}={config[key]} must be divisible by the {layout}.")
+    per_device = config.batch_size // devices
+    accumulation = config.grad_accumulation_steps
+    if per_device % accumulation:
+        raise ConfigError(
+            f"grad_accumulation_steps={accumulation} must divide the per-device batch "
+            f"(batch_size={config.batch_size} over {layout} = {per_device})."
         )

@@ -1,8 +1,10 @@
 """The base model: a Flax module plus the loss and metrics the trainer optimises and reports.
 
-Subclasses set how logits become a loss (`loss_function`) and which per-example metrics are
-reported (`per_example_metrics`). The trainer only talks to this interface, so any model
-that fits it trains with the core trainer.
+Subclasses set how outputs become a loss (`loss_function`) and which per-example metrics are
+reported (`per_example_metrics`); a task whose loss and metrics share costly work (a
+matching) overrides `loss_and_metrics` instead. The trainer only talks to this interface
+(see core/docs/batch_contract.md), so any model that fits it trains with the core trainer:
+inputs and labels may be arrays or dicts, and outputs an array or a dict.
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from scenic.model_lib import model_utils
 
@@ -24,7 +28,7 @@ class BaseModel:
         arguments, and base-model options (`label_smoothing`, `l2_decay_factor`) live at the
         top level.
       dataset_meta_data: what the model needs to know about the data (`num_classes`,
-        `input_shape`, `input_dtype`).
+        `input_shape`, `input_dtype`; the shape and dtype may be dicts of named modalities).
     """
 
     #: Keys of the top-level config this class reads (checked by the trainer).
@@ -37,6 +41,25 @@ class BaseModel:
 
     def build_flax_model(self) -> nn.Module:
         raise NotImplementedError
+
+    def input_spec(self):
+        """The module's input for a batch of one example: a `jax.ShapeDtypeStruct`, or a dict
+        of them for named modalities. The trainer initialises parameters and counts FLOPs
+        from it. Default: the data set's `input_shape` / `input_dtype`."""
+        return input_spec_from_meta_data(self.dataset_meta_data)
+
+    def loss_and_metrics(self, outputs, batch, model_params=None, axis_name: str | None = None):
+        """(loss, metrics) of one training step, from one pass over the outputs.
+
+        The loss is this device's share (the trainer averages gradients over `axis_name`);
+        metrics are (sum, normalizer) pairs summed over `axis_name`. Default:
+        `loss_function` and `get_metrics`. Override it where both need the same work, e.g.
+        detection's matching, which must then run once per step.
+        """
+        return (
+            self.loss_function(outputs, batch, model_params),
+            self.get_metrics(outputs, batch, axis_name=axis_name),
+        )
 
     def per_example_metrics(self, logits, batch) -> dict[str, jnp.ndarray]:
         """Per-example metric values; reduced with `batch_mask` by `get_metrics`."""
@@ -88,3 +111,20 @@ class BaseModel:
     def model_config_keys(cls) -> tuple[str, ...]:
         """Keys allowed in `config.model` (checked before training starts)."""
         return ()
+
+
+def input_spec_from_meta_data(meta_data: dict[str, Any]):
+    """`input_shape` (with a leading -1 batch axis) and `input_dtype` (float32 if absent),
+    each an array's or a dict of named modalities', -> a batch-of-one ShapeDtypeStruct tree."""
+    shapes = meta_data["input_shape"]
+    dtypes = meta_data.get("input_dtype", np.float32)
+
+    def spec(shape, dtype):
+        return jax.ShapeDtypeStruct((1, *tuple(shape)[1:]), jnp.dtype(dtype))
+
+    if isinstance(shapes, dict):
+        return {
+            name: spec(shape, dtypes[name] if isinstance(dtypes, dict) else dtypes)
+            for name, shape in shapes.items()
+        }
+    return spec(shapes, dtypes)

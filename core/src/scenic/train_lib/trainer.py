@@ -1,0 +1,469 @@
+"""The core trainer: one pmap training loop for any task whose model fits `BaseModel`.
+
+One process drives its local devices with `jax.pmap` (steps in `steps`); gradients and
+metrics are averaged over the device axis. The loop trains, evaluates every eval split
+every `log_eval_steps` (`evaluation`), checkpoints every `checkpoint_steps` (and at the end),
+and resumes from the latest checkpoint in the workdir with the data stream positioned
+exactly where it stopped. Tasks plug in through the model (input spec, outputs,
+`loss_and_metrics`, eval totals) and the data set, never by forking this loop.
+
+Faults: SIGTERM / SIGINT checkpoint the current step and stop (see `preemption`); a
+non-finite loss stops the run with `NonFiniteLossError` naming the first bad step, and
+parameters that are not finite are never checkpointed. With several processes
+(`jax.distributed`), each feeds its local devices from its own data slice and the pmap
+collectives span every device.
+
+The trainer owns its config schema: `default_config()` (top-level keys and defaults),
+`FREE_SECTIONS` and `check_config()` (values), which the runner asks before a run starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from scenic.common_lib import debug_utils
+from scenic.dataset_lib import dataset_utils
+from scenic.train_lib import (
+    checkpoints,
+    ema,
+    evaluation,
+    lr_schedules,
+    mixup,
+    optimizers,
+    precision,
+    preemption,
+    pretrained_init,
+    steps,
+    summaries,
+    trainer_config,
+)
+from scenic.train_lib.train_state import TrainState, replicate, unreplicate
+
+logger = logging.getLogger("scenic")
+AXIS = steps.AXIS
+META_DATA_FILE = "dataset_meta_data.json"
+
+# The trainer's config schema (see trainers.py for what a trainer provides).
+default_config = trainer_config.default_config
+FREE_SECTIONS = trainer_config.FREE_SECTIONS
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss (or gradient) became NaN or infinite."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a call of `train` ends with.
+
+    Attributes:
+      state: the final train state on the host (`TrainState.to_dict()`).
+      metrics: the last evaluation's metrics (main split unprefixed, extra splits as
+        `{split}/{metric}`, multi-view as `multiview_*`) plus `step`, `train_time_sec` and
+        `train_examples_per_sec`; without eval metrics if the run stopped early.
+      step: the last step trained (and checkpointed).
+      num_steps: the run's total number of steps.
+      signal_number: the signal (SIGTERM / SIGINT) that stopped the run early, or None.
+    """
+
+    state: dict[str, Any]
+    metrics: dict[str, float]
+    step: int
+    num_steps: int
+    signal_number: int | None = None
+
+    @property
+    def completed(self) -> bool:
+        return self.step >= self.num_steps
+
+    @property
+    def stopped_by(self) -> str | None:
+        """'SIGTERM' / 'SIGINT' when a signal stopped the run (it checkpointed first)."""
+        return preemption.signal_name(self.signal_number) if self.signal_number else None
+
+    @property
+    def exit_code(self) -> int:
+        """0, or the conventional 128 + signal number of the signal that stopped the run."""
+        return preemption.EXIT_CODES.get(self.signal_number, 1) if self.signal_number else 0
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError for a value this trainer cannot use, before anything is written:
+    counts, accumulation vs the per-device batch, batch vs devices and hosts, the optimizer,
+    schedule, mixup, EMA, compute dtype and init_from sections."""
+    trainer_config.check_values(config)
+    trainer_config.check_batch_split(config, jax.process_count(), jax.local_device_count())
+    steps_for_check = config.num_training_steps or 1 << 30  # epochs: checked once data is known
+    schedule = lr_schedules.compound_schedule(config.lr_configs, steps_for_check)
+    optimizers.get_optimizer(config.optimizer, schedule)
+    mixup.from_config(config.mixup, None)
+    ema.from_config(config.ema)
+    precision.compute_dtype(config.compute_dtype)
+    pretrained_init.check_config(config.init_from)
+
+
+def total_train_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
+    if config.num_training_steps:
+        return int(config.num_training_steps)
+    if config.num_training_epochs:
+        return math.ceil(config.num_training_epochs * num_train_examples / config.batch_size)
+    raise ValueError("Set num_training_steps or num_training_epochs in the config.")
+
+
+def initialize_state(model, config, rng, tx) -> TrainState:
+    """Initialises parameters on the host (jit, one device) from the model's input spec
+    (an array or a dict of modalities) and the optimizer state."""
+    dummy = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), model.input_spec())
+    init_rng, state_rng = jax.random.split(rng)
+
+    @jax.jit
+    def init(key):
+        variables = model.flax_model.init({"params": key, "dropout": key}, dummy, train=False)
+        params = variables.pop("params")
+        return params, variables
+
+    params, model_state = init(init_rng)
+    precision.check_float32(params)  # whatever the compute dtype
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        model_state=dict(model_state),
+        rng=jax.random.key_data(state_rng),
+    )
+
+
+def build_model(model_cls, config: ml_collections.ConfigDict, meta_data: dict):
+    """The base model, its Flax module computing in `config.compute_dtype` when it has a
+    `dtype` field (parameters and optimizer state stay float32)."""
+    model = model_cls(config, meta_data)
+    dtype = precision.compute_dtype(config.compute_dtype)
+    fields = {f.name for f in dataclasses.fields(model.flax_model)}
+    if dtype != jnp.float32:
+        if "dtype" not in fields:
+            raise ValueError(
+                f"compute_dtype={config.compute_dtype!r} needs a `dtype` field on "
+                f"{type(model.flax_model).__name__}, which has none."
+            )
+        model.flax_model = model.flax_model.clone(dtype=dtype)
+    return model, dtype
+
+
+def make_optimizer(config: ml_collections.ConfigDict, num_steps: int):
+    """(optax transformation, learning-rate schedule) of a run of `num_steps`."""
+    lr_fn = lr_schedules.compound_schedule(config.lr_configs, num_steps)
+    return optimizers.get_optimizer(config.optimizer, lr_fn), lr_fn
+
+
+def restore_latest(checkpointer, state: TrainState, config) -> TrainState:
+    """The latest checkpoint restored into `state`'s structure (with the EMA if kept)."""
+    if config.ema:  # the restore target must hold what the checkpoint holds
+        state = state.replace(ema_params=ema.init_ema(state.params))
+    return TrainState.from_dict(checkpointer.restore(jax.device_get(state.to_dict())))
+
+
+def train(
+    *,
+    model_cls,
+    dataset,
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    stop_after_step: int | None = None,
+) -> TrainResult:
+    """Trains (or resumes) in `workdir`.
+
+    `stop_after_step` ends this run early after checkpointing that step, as a preemption
+    would; running again resumes from there. A SIGTERM / SIGINT does the same at the
+    current step; the result then names the signal (`stopped_by`, `exit_code`).
+    """
+    workdir = pathlib.Path(workdir)
+    trainer_config.check_batch_split(config, jax.process_count(), jax.local_device_count())
+    model, dtype = build_model(model_cls, config, dataset.meta_data)
+    logger.info(
+        "Experiment %s: model %s on %s in %s.",
+        config.experiment_name or "(unnamed)",
+        config.model_name,
+        config.dataset_name,
+        workdir,
+    )
+    num_steps = total_train_steps(config, dataset.meta_data["num_train_examples"])
+    tx, lr_fn = make_optimizer(config, num_steps)
+    state = initialize_state(model, config, jax.random.key(config.rng_seed), tx)
+    accumulation_steps = int(config.grad_accumulation_steps)
+    mix_fn = mixup.from_config(config.mixup, dataset.meta_data.get("num_classes"))
+    ema_settings = ema.from_config(config.ema)
+
+    checkpointer = checkpoints.Checkpointer(workdir, config.max_checkpoints_to_keep)
+    if checkpointer.latest_step() is not None:
+        state = restore_latest(checkpointer, state, config)
+        logger.info("Resumed from %s at step %d.", checkpointer.directory, int(state.step))
+    else:
+        state = apply_init_from(state, config, tx, model)
+    start_step = int(state.step)
+
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+        write_meta_data(workdir, dataset.meta_data)
+    forward_flops = log_model_size(model, state)
+
+    train_fn = functools.partial(
+        steps.train_step,
+        model=model,
+        tx=tx,
+        lr_fn=lr_fn,
+        accumulation_steps=accumulation_steps,
+        mix_fn=mix_fn,
+        ema_settings=ema_settings,
+        dtype=dtype,
+    )
+    p_train_step = jax.pmap(train_fn, axis_name=AXIS, donate_argnums=(0,))
+    p_eval_step = make_eval_step(model, dtype)
+    p_all_finite = jax.pmap(lambda tree: steps.all_finite(tree), axis_name=AXIS)
+    state = replicate(state, axis_name=AXIS)
+    writer = summaries.create_writer(str(workdir))
+    # MFU estimate: training ~ 3x the forward FLOPs (forward + backward), against a matmul
+    # in the compute dtype timed here on one device, times the device count.
+    progress = summaries.Progress(
+        num_steps,
+        start_step,
+        config.batch_size,
+        train_flops_per_example=3 * forward_flops if forward_flops else None,
+        peak_flops=debug_utils.peak_matmul_flops(size=2048, dtype=dtype) * jax.device_count(),
+    )
+    train_batches = dataset_utils.prefetch_to_device(
+        dataset.train_batches(start_step), config.prefetch_to_device
+    )
+    train_pairs, finite_flags, eval_metrics = [], [], {}
+    if start_step >= num_steps:
+        logger.info("Already trained for %d steps; evaluating only.", num_steps)
+        eval_metrics = evaluation.final_evaluation(
+            p_eval_step, state, dataset, config, model, dtype
+        )
+    loop_start = time.perf_counter()
+    first_step_time, paused = 0.0, 0.0  # compile time; time spent in eval / checkpoints
+    stop = preemption.StopRequest()
+    profiler = summaries.StepProfiler(workdir / "profile", start_step + 3, config.profile_steps)
+    with stop:
+        for step in range(start_step + 1, num_steps + 1):
+            profiler.before_step(step)
+            state, metrics, finite = p_train_step(state, next(train_batches))
+            train_pairs.append(metrics)
+            finite_flags.append((step, finite))
+            progress.tick(step)
+            if step == start_step + 1:
+                jax.block_until_ready(state)
+                first_step_time = time.perf_counter() - loop_start
+            stopping = step == stop_after_step or stop.should_stop()
+            is_last = step == num_steps or stopping
+            profiler.after_step(step, state, stopping=is_last)
+            if step % config.log_summary_steps == 0 or is_last:
+                check_finite(finite_flags)
+                train_metrics = summaries.normalize_metrics(train_pairs)
+                train_pairs = []
+                train_metrics.update(progress.report(step, train_metrics))
+                writer.write_scalars(step, {f"train/{k}": v for k, v in train_metrics.items()})
+            do_eval = step % config.log_eval_steps == 0 or step == num_steps
+            do_save = step % config.checkpoint_steps == 0 or is_last
+            if do_eval or do_save:
+                jax.block_until_ready(state)
+                pause_start = time.perf_counter()
+                if do_eval:
+                    eval_metrics = run_eval(p_eval_step, state, dataset, config, model, step)
+                    if step == num_steps:
+                        eval_metrics.update(
+                            evaluation.multiview_test(state, dataset, config, model, dtype)
+                        )
+                    writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
+                if do_save:
+                    check_finite(finite_flags)
+                    if not bool(np.asarray(p_all_finite(state.params))[0]):
+                        raise NonFiniteLossError(
+                            f"Parameters are not finite at step {step}; not checkpointing. "
+                            f"The last good checkpoint ({checkpointer.latest_step()}) is kept."
+                        )
+                    checkpointer.save(step, unreplicate(state).to_dict())
+                paused += time.perf_counter() - pause_start
+            if stopping:
+                break
+    jax.block_until_ready(state)
+    train_time = time.perf_counter() - loop_start - paused
+    steps_run = int(unreplicate(state.step)) - start_step
+    writer.flush()
+    checkpointer.close()
+
+    host_state = unreplicate(state).to_dict()
+    final = dict(eval_metrics)
+    final["step"] = int(host_state["step"])
+    final["train_time_sec"] = train_time
+    if steps_run > 1:
+        final["train_examples_per_sec"] = (
+            (steps_run - 1) * config.batch_size / max(train_time - first_step_time, 1e-9)
+        )
+    result = TrainResult(host_state, final, final["step"], num_steps, stop.signal_number)
+    if result.stopped_by:
+        logger.warning(
+            "Stopped by %s at step %d after saving a checkpoint; run the same command "
+            "again to resume.",
+            result.stopped_by,
+            result.step,
+        )
+    if jax.process_index() == 0 and result.completed:
+        write_json(workdir / "final_metrics.json", final)
+    return result
+
+
+def make_eval_step(model, dtype):
+    return jax.pmap(functools.partial(steps.eval_step, model=model, dtype=dtype), axis_name=AXIS)
+
+
+def run_eval(p_eval_step, state, dataset, config, model, step: int) -> dict[str, float]:
+    """Every eval split at `step`, logged; returns the flat metrics."""
+    results = evaluation.evaluate_splits(
+        p_eval_step, state, dataset, config.prefetch_to_device, model
+    )
+    evaluation.log_splits(step, results)
+    return evaluation.flatten_splits(results)
+
+
+def apply_init_from(state: TrainState, config: ml_collections.ConfigDict, tx, model) -> TrainState:
+    """A fresh run's parameters from the model's own `initialize_params` and then
+    `config.init_from` (with a matching optimizer state and EMA); a resumed run keeps its
+    own checkpoint instead."""
+    params, note = model.initialize_params(state.params)
+    if note:
+        logger.info("%s", note)
+    params, summary = pretrained_init.from_config(params, config.init_from)
+    if summary is not None:
+        logger.info("init_from %s:\n%s", config.init_from.checkpoint, summary)
+    if note or summary is not None:
+        state = state.replace(params=params, opt_state=tx.init(params))
+    if config.ema:
+        state = state.replace(ema_params=ema.init_ema(state.params))
+    return state
+
+
+def check_finite(finite_flags: list) -> None:
+    """Raises NonFiniteLossError naming the first step whose loss or gradient was not finite.
+
+    The flags stay on the device until a log or checkpoint step, so this check does not
+    stall the asynchronous dispatch of training steps.
+    """
+    for step, flag in finite_flags:
+        if not int(np.asarray(flag)[0]):
+            raise NonFiniteLossError(
+                f"The training loss or gradient became NaN or infinite at step {step}. "
+                "No checkpoint was written after it; lower the learning rate, add gradient "
+                "clipping (optimizer.grad_clip_norm) or check the inputs."
+            )
+    finite_flags.clear()
+
+
+def log_model_size(model, state: TrainState) -> float | None:
+    """Logs the parameter count and forward GFLOPs per example; returns the FLOPs."""
+    params = state.params
+    flops = debug_utils.compiled_flops(
+        lambda p, x: model.flax_model.apply({"params": p, **state.model_state}, x, train=False),
+        jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params),
+        model.input_spec(),
+    )
+    logger.info(
+        "Model: %s parameters, %s GFLOPs per example (forward).",
+        f"{debug_utils.count_parameters(params):,}",
+        f"{flops / 1e9:.4f}" if flops is not None else "unknown",
+    )
+    return flops
+
+
+def write_json(path: pathlib.Path, data: dict) -> None:
+    clean = {k: (float(v) if isinstance(v, np.floating | float) else v) for k, v in data.items()}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(clean, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def write_meta_data(workdir: pathlib.Path, meta_data: dict) -> None:
+    """The data set's meta data (shapes, dtypes, classes), so a trained model can be rebuilt
+    for inference without the data set (`load_meta_data`). Unserialisable values are left
+    out."""
+
+    def plain(value):
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, type | np.dtype):
+            return np.dtype(value).name
+        if isinstance(value, np.generic):
+            return value.item()
+        return value
+
+    clean = {}
+    for key, value in meta_data.items():
+        try:
+            clean[key] = json.loads(json.dumps(plain(value)))
+        except (TypeError, ValueError):
+            continue
+    tmp = workdir / (META_DATA_FILE + ".tmp")
+    tmp.write_text(json.dumps(clean, indent=2, sort_keys=True) + "\n")
+    tmp.replace(workdir / META_DATA_FILE)
+
+
+def load_meta_data(workdir: pathlib.Path) -> dict:
+    """`write_meta_data`'s file back, with shapes as tuples and dtypes as NumPy dtypes."""
+    path = pathlib.Path(workdir) / META_DATA_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: not the workdir of a training run.")
+    meta = json.loads(path.read_text())
+
+    def shape(value):
+        return {k: tuple(v) for k, v in value.items()} if isinstance(value, dict) else tuple(value)
+
+    def dtype(value):
+        if isinstance(value, dict):
+            return {k: np.dtype(v) for k, v in value.items()}
+        return np.dtype(value)
+
+    if "input_shape" in meta:
+        meta["input_shape"] = shape(meta["input_shape"])
+    if "input_dtype" in meta:
+        meta["input_dtype"] = dtype(meta["input_dtype"])
+    return meta
+
+
+def evaluate_checkpoint(
+    *, model_cls, dataset, config: ml_collections.ConfigDict, workdir: str
+) -> dict[str, float]:
+    """Evaluates the latest checkpoint in `workdir` on every eval split; writes
+    `eval_metrics.json` there."""
+    workdir = pathlib.Path(workdir)
+    checkpointer = checkpoints.Checkpointer(workdir, config.max_checkpoints_to_keep)
+    if checkpointer.latest_step() is None:
+        raise FileNotFoundError(f"No checkpoint in {checkpointer.directory} to evaluate.")
+    model, dtype = build_model(model_cls, config, dataset.meta_data)
+    tx, _ = make_optimizer(
+        config, total_train_steps(config, dataset.meta_data["num_train_examples"])
+    )
+    state = initialize_state(model, config, jax.random.key(config.rng_seed), tx)
+    state = restore_latest(checkpointer, state, config)
+    checkpointer.close()
+    step = int(state.step)
+    state = replicate(state, axis_name=AXIS)
+    metrics = evaluation.final_evaluation(
+        make_eval_step(model, dtype), state, dataset, config, model, dtype
+    )
+    metrics["step"] = step
+    if jax.process_index() == 0:
+        write_json(workdir / "eval_metrics.json", metrics)
+    return metrics
