@@ -4,6 +4,7 @@ SpecAugment, multi-label, 2-host eval, damaged files); the writer's audio; the b
 `audiovisual_digits` and the property it is built for."""
 
 import os
+import re
 import wave
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 
 from scenic.dataset_lib import audiovisual_dataset as avds
 from scenic.dataset_lib import audiovisual_digits as avd
-from scenic.dataset_lib import video_dataset
+from scenic.dataset_lib import video_dataset, video_ops
 from scenic.dataset_lib import write_video_records as wvr
 
 BINS = 4
@@ -362,7 +363,7 @@ def test_spec_augment_masks_train_batches_deterministically_and_never_eval(recor
     masked_any = False
     for i in range(batch_size):
         position = step * batch_size + i
-        key = video_dataset.example_keys(0, tf.constant(position, tf.int64), 4)[3]
+        key = video_ops.example_keys(0, tf.constant(position, tf.int64), 4)[3]
         mask = avds.spec_augment_mask(key, (8, BINS), 2, 3, 1, 2).numpy()
         orig = p["inputs"]["spectrogram"][i, ..., 0]
         want = np.where(mask, orig.mean(), orig)
@@ -376,6 +377,38 @@ def test_spec_augment_masks_train_batches_deterministically_and_never_eval(recor
     np.testing.assert_array_equal(again["inputs"]["spectrogram"], a["inputs"]["spectrogram"])
     for x, y in zip(augmented.eval_batches(), plain.eval_batches()):
         np.testing.assert_array_equal(x["inputs"]["spectrogram"], y["inputs"]["spectrogram"])
+
+
+@pytest.mark.parametrize(
+    "kwargs, name, value",
+    [
+        (dict(modalities=("rgb", "depth")), "modalities", "'depth'"),
+        (dict(modalities=()), "modalities", "()"),
+        (dict(audio_feature="mfcc"), "audio_feature", "'mfcc'"),
+        (dict(num_spec_frames=0), "num_spec_frames", 0),
+        (dict(num_mel_bins=0), "num_mel_bins", 0),
+        (dict(sample_rate=0), "sample_rate", 0),
+        (dict(stft_frame_length=0), "stft_frame_length", 0),
+        (dict(stft_frame_step=0), "stft_frame_step", 0),
+        (dict(fft_length=256), "fft_length", 256),
+        (dict(lower_edge_hertz=-1.0), "lower_edge_hertz", -1.0),
+        (dict(upper_edge_hertz=100.0), "upper_edge_hertz", 100.0),
+        (dict(upper_edge_hertz=9000.0), "upper_edge_hertz", 9000.0),
+        (dict(spec_time_masks=-1), "spec_time_masks", -1),
+        (dict(spec_time_mask_max=-2), "spec_time_mask_max", -2),
+        (dict(spec_freq_masks=-3), "spec_freq_masks", -3),
+        (dict(spec_freq_mask_max=-4), "spec_freq_mask_max", -4),
+        (dict(num_frames=0), "num_frames", 0),
+        (dict(channels=4), "channels", 4),
+        (dict(num_test_crops=5), "num_test_crops", 5),
+        (dict(eval_batch_size=3, process_count=2), "eval_batch_size", 3),
+    ],
+)
+def test_each_bad_argument_is_named_before_any_file_is_read(tmp_path, kwargs, name, value):
+    with pytest.raises(FileNotFoundError):  # control: good arguments go on to read the files
+        build(tmp_path / "no_such_folder")
+    with pytest.raises(ValueError, match=rf"\b{name}\b.*(got |=).*{re.escape(str(value))}"):
+        build(tmp_path / "no_such_folder", **kwargs)
 
 
 # --- damaged and wrong records --------------------------------------------------------------

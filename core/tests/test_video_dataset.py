@@ -2,12 +2,13 @@
 the writer tool; the built-in `moving_digits` data set."""
 
 import os
+import re
 import sys
 
 import numpy as np
 import pytest
 
-from scenic.dataset_lib import moving_digits, video_dataset
+from scenic.dataset_lib import moving_digits, record_io, video_dataset, video_ops
 from scenic.dataset_lib import write_video_records as wvr
 
 TOL = 8 / 127.5  # JPEG error on these smooth frames, in [-1, 1] units
@@ -165,8 +166,8 @@ def test_decode_once_gives_the_same_batches(records, crop):
 def test_decode_once_of_uniform_lengths_matches_numpy(tmp_path):
     videos = make_videos([6, 6, 6])
     paths = wvr.write_video_records(videos, str(tmp_path / "train"), quality=100)
-    frames, offsets, labels = video_dataset.decode_all_frames(
-        video_dataset.load_records(paths, 5), 3, 5, False
+    frames, offsets, labels = video_ops.decode_all_frames(
+        record_io.load_records(paths, 5), 3, 5, False
     )
     np.testing.assert_array_equal(offsets, [0, 6, 12, 18])
     np.testing.assert_array_equal(labels, [0, 1, 2])
@@ -177,9 +178,9 @@ def test_decode_once_of_uniform_lengths_matches_numpy(tmp_path):
 def test_decode_once_rejects_frames_of_different_sizes(tmp_path):
     videos = make_videos([4]) + make_videos([5], height=12)
     paths = wvr.write_video_records(videos, str(tmp_path / "train"))
-    records = video_dataset.load_records(paths, 5)
+    records = record_io.load_records(paths, 5)
     with pytest.raises(ValueError, match="frames of one size"):
-        video_dataset.decode_all_frames(records, 3, 5, False)
+        video_ops.decode_all_frames(records, 3, 5, False)
     with pytest.raises(ValueError, match="in_memory"):
         build(tmp_path, eval_files=str(tmp_path / "train*"), decode_once=True, in_memory=False)
 
@@ -337,9 +338,35 @@ def test_records_not_in_the_layout_raise_errors_naming_file_and_video(tmp_path):
         build(tmp_path, train_files=str(tmp_path / "nothing*"))
 
 
+@pytest.mark.parametrize(
+    "kwargs, name, value",
+    [
+        (dict(num_frames=0), "num_frames", 0),
+        (dict(stride=-1), "stride", -1),
+        (dict(image_size=0), "image_size", 0),
+        (dict(num_test_clips=0), "num_test_clips", 0),
+        (dict(channels=2), "channels", 2),
+        (dict(train_crop="centre"), "train_crop", "'centre'"),
+        (dict(num_test_crops=2), "num_test_crops", 2),
+        (dict(resize_size=12), "resize_size", 12),
+        (dict(num_classes=0), "num_classes", 0),
+        (dict(batch_size=0), "batch_size", 0),
+        (dict(eval_batch_size=0), "eval_batch_size", 0),
+        (dict(batch_size=3, process_count=2), "batch_size", 3),
+        (dict(eval_batch_size=3, process_count=2), "eval_batch_size", 3),
+        (dict(decode_once=True, in_memory=False), "in_memory", False),
+    ],
+)
+def test_each_bad_argument_is_named_before_any_file_is_read(tmp_path, kwargs, name, value):
+    with pytest.raises(FileNotFoundError):  # control: good arguments go on to read the files
+        build(tmp_path / "no_such_folder")
+    with pytest.raises(ValueError, match=rf"\b{name}\b.*(got |=).*{re.escape(str(value))}"):
+        build(tmp_path / "no_such_folder", **kwargs)
+
+
 def test_masked_crc32c_matches_the_tfrecord_header(records):
     data = (records / "eval").read_bytes()
-    assert int.from_bytes(data[8:12], "little") == video_dataset.masked_crc32c(data[:8])
+    assert int.from_bytes(data[8:12], "little") == record_io.masked_crc32c(data[:8])
 
 
 # --- the writer tool ---------------------------------------------------------------------------

@@ -1,10 +1,14 @@
 """Audio-visual classification (MBT-style) from SequenceExample TFRecords.
 
-The video side is `video_dataset`'s, unchanged (same temporal sampling, crops, flips, views
-and random keys: the `rgb` of a batch equals `build_video_tfrecord`'s for the same seed). The
-audio comes from the same record (layout in core/docs/video_records.md), either precomputed
-log-mels (`melspec/feature/floats`) or a raw waveform (`WAVEFORM/feature/floats`) turned
-into a log-mel spectrogram here: |STFT| (periodic Hann window) -> mel filterbank
+The builder extends the video one: `video_dataset.read_clips` reads the records and makes the
+clips, exactly as for `build_video_tfrecord` (same temporal sampling, crops, flips, views and
+random keys: the `rgb` of a batch equals the video reader's for the same seed), and this module
+adds the spectrogram as an `ExtraModality`: what to parse, the window of each clip, SpecAugment,
+and the check of the audio fields.
+
+The audio comes from the same record (layout in core/docs/video_records.md), either
+precomputed log-mels (`melspec/feature/floats`) or a raw waveform (`WAVEFORM/feature/floats`)
+turned into a log-mel spectrogram here: |STFT| (periodic Hann window) -> mel filterbank
 (`tf.signal.linear_to_mel_weight_matrix`, HTK mel scale) -> log(mel + log_offset).
 
 Alignment: audio and video are assumed to span the same time (a record's audio covers its
@@ -26,18 +30,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
-from scenic.dataset_lib import dataset_utils, video_dataset
-from scenic.dataset_lib.video_dataset import CorruptRecordsError
-from scenic.dataset_lib.write_video_records import (
-    IMAGE_KEY,
-    LABEL_INDEX_KEY,
-    MELSPEC_KEY,
-    SAMPLE_RATE_KEY,
-    VIDEO_ID_KEY,
-    WAVEFORM_KEY,
-)
+from scenic.dataset_lib import record_io, video_dataset
+from scenic.dataset_lib.record_io import CorruptRecordsError
+from scenic.dataset_lib.write_video_records import MELSPEC_KEY, SAMPLE_RATE_KEY, WAVEFORM_KEY
 
 MODALITIES = ("rgb", "spectrogram")
 AUDIO_FEATURES = ("melspec", "waveform")
@@ -127,17 +122,13 @@ def spec_augment_mask(key, shape, time_masks, time_mask_max, freq_masks, freq_ma
 
 
 def audio_record_check(audio_feature: str | None, num_mel_bins: int, sample_rate: int):
-    """A `check(serialized, where, num_classes)` for `video_dataset.load_records` that also
+    """A `check(serialized, where, num_classes)` for `record_io.load_records` that also
     checks the audio field the reader will use (None: video only)."""
-    import tensorflow as tf
 
     def check(serialized, where, num_classes):
-        video_dataset.check_record(serialized, where, num_classes)
+        example, name = record_io.check_record(serialized, where, num_classes)
         if audio_feature is None:
             return
-        example = tf.train.SequenceExample.FromString(serialized)
-        video_id = example.context.feature[VIDEO_ID_KEY].bytes_list.value
-        name = f"{where} (video {video_id[0].decode(errors='replace')!r})" if video_id else where
         lists = example.feature_lists.feature_list
         if audio_feature == "melspec":
             steps = lists[MELSPEC_KEY].feature
@@ -160,31 +151,21 @@ def audio_record_check(audio_feature: str | None, num_mel_bins: int, sample_rate
     return check
 
 
-def parse_audiovisual(serialized, audio_feature: str | None, num_mel_bins: int):
-    """-> (encoded frames [N], label indices [L], video id, audio: log-mel [A, bins] or
-    samples [A], or None)."""
+def audio_features(audio_feature: str, num_mel_bins: int) -> dict:
+    """The feature list to parse for `audio_feature`, as `video_ops.parse_video` takes it."""
     import tensorflow as tf
 
-    sequence_features = {IMAGE_KEY: tf.io.FixedLenSequenceFeature([], tf.string)}
     if audio_feature == "melspec":
-        sequence_features[MELSPEC_KEY] = tf.io.FixedLenSequenceFeature([num_mel_bins], tf.float32)
-    elif audio_feature == "waveform":
-        sequence_features[WAVEFORM_KEY] = tf.io.VarLenFeature(tf.float32)
-    context, sequence = tf.io.parse_single_sequence_example(
-        serialized,
-        context_features={
-            VIDEO_ID_KEY: tf.io.FixedLenFeature([], tf.string, default_value=""),
-            LABEL_INDEX_KEY: tf.io.VarLenFeature(tf.int64),
-        },
-        sequence_features=sequence_features,
-    )
-    audio = None
+        return {MELSPEC_KEY: tf.io.FixedLenSequenceFeature([num_mel_bins], tf.float32)}
+    return {WAVEFORM_KEY: tf.io.VarLenFeature(tf.float32)}
+
+
+def parsed_audio(parsed: dict, audio_feature: str):
+    """The parsed `audio_features` -> log-mel [A, bins], or samples [A] (the steps' chunks,
+    concatenated)."""
     if audio_feature == "melspec":
-        audio = sequence[MELSPEC_KEY]
-    elif audio_feature == "waveform":
-        audio = sequence[WAVEFORM_KEY].values  # the steps' chunks, concatenated
-    labels = tf.sparse.to_dense(context[LABEL_INDEX_KEY])
-    return sequence[IMAGE_KEY], labels, context[VIDEO_ID_KEY], audio
+        return parsed[MELSPEC_KEY]
+    return parsed[WAVEFORM_KEY].values
 
 
 # --- the builder --------------------------------------------------------------------------------
@@ -256,34 +237,50 @@ def build_audiovisual_tfrecord(
         )
     if audio_feature not in AUDIO_FEATURES:
         raise ValueError(f"audio_feature must be one of {AUDIO_FEATURES}, got {audio_feature!r}.")
-    fft_length = fft_length or 1 << (stft_frame_length - 1).bit_length()
-    if min(num_spec_frames, num_mel_bins, stft_frame_length, stft_frame_step) < 1:
-        raise ValueError("num_spec_frames, num_mel_bins and the STFT sizes must be >= 1.")
-    if fft_length < stft_frame_length or not 0 <= lower_edge_hertz < upper_edge_hertz:
-        raise ValueError("Need fft_length >= stft_frame_length, 0 <= lower < upper edge Hz.")
-    if upper_edge_hertz > sample_rate / 2:
-        raise ValueError(f"upper_edge_hertz {upper_edge_hertz} > Nyquist ({sample_rate / 2} Hz).")
-    if min(spec_time_masks, spec_time_mask_max, spec_freq_masks, spec_freq_mask_max) < 0:
-        raise ValueError("SpecAugment mask counts and widths must be >= 0.")
-    resize_size = resize_size or image_size
-    video_dataset.check_clip_args(
-        num_frames, stride, image_size, resize_size, channels, train_crop, num_test_clips,
-        num_test_crops,
-    )  # fmt: skip
-    dataset_utils.host_batch_size(batch_size, process_count)
-    with_audio = "spectrogram" in modalities
-    parsed_audio = audio_feature if with_audio else None
-    check = audio_record_check(parsed_audio, num_mel_bins, sample_rate)
-    if in_memory:
-        read = video_dataset.load_records
-    else:
-        read = video_dataset.IndexedRecords
-    train_records = read(
-        video_dataset.resolve_files(train_files, "train_files"), num_classes, check
+    video_dataset.check_at_least(
+        1,
+        num_spec_frames=num_spec_frames,
+        num_mel_bins=num_mel_bins,
+        sample_rate=sample_rate,
+        stft_frame_length=stft_frame_length,
+        stft_frame_step=stft_frame_step,
     )
-    eval_records = read(video_dataset.resolve_files(eval_files, "eval_files"), num_classes, check)
-
-    clip_shape = (num_frames, image_size, image_size, channels)
+    fft_length = fft_length or 1 << (stft_frame_length - 1).bit_length()
+    if fft_length < stft_frame_length:
+        raise ValueError(
+            f"fft_length must be >= stft_frame_length ({stft_frame_length}), got {fft_length}."
+        )
+    video_dataset.check_at_least(0, lower_edge_hertz=lower_edge_hertz)
+    if upper_edge_hertz <= lower_edge_hertz:
+        raise ValueError(
+            f"upper_edge_hertz must be > lower_edge_hertz ({lower_edge_hertz}), "
+            f"got {upper_edge_hertz}."
+        )
+    if upper_edge_hertz > sample_rate / 2:
+        raise ValueError(
+            f"upper_edge_hertz must be <= the Nyquist frequency sample_rate / 2 "
+            f"({sample_rate / 2} Hz), got {upper_edge_hertz}."
+        )
+    video_dataset.check_at_least(
+        0,
+        spec_time_masks=spec_time_masks,
+        spec_time_mask_max=spec_time_mask_max,
+        spec_freq_masks=spec_freq_masks,
+        spec_freq_mask_max=spec_freq_mask_max,
+    )
+    clips = video_dataset.ClipArgs(
+        num_frames=num_frames,
+        stride=stride,
+        image_size=image_size,
+        resize_size=resize_size,
+        channels=channels,
+        train_crop=train_crop,
+        crop_area_range=crop_area_range,
+        crop_aspect_ratio_range=crop_aspect_ratio_range,
+        random_flip=random_flip,
+        num_test_clips=num_test_clips,
+        num_test_crops=num_test_crops,
+    )
     spec_shape = (num_spec_frames, num_mel_bins, 1)
     clip_span = (num_frames - 1) * stride + 1
     if audio_feature == "melspec":
@@ -291,8 +288,9 @@ def build_audiovisual_tfrecord(
     else:
         window = (num_spec_frames - 1) * stft_frame_step + stft_frame_length
 
-    def audio_clip(audio, n, clip_start):
+    def spectrogram(parsed, n, clip_start):
         """log-mel [num_spec_frames, bins, 1] aligned with the clip starting at clip_start."""
+        audio = parsed_audio(parsed, audio_feature)
         audio_len = tf.shape(audio)[0]
         start = aligned_window_start(clip_start, n, clip_span, audio_len, window)
         segment = tf.gather(audio, tf.math.floormod(start + tf.range(window), audio_len))
@@ -310,120 +308,40 @@ def build_audiovisual_tfrecord(
             )
         return tf.ensure_shape(segment[..., None], spec_shape)
 
-    def open_example(serialized):
-        encoded, labels, video_id, audio = parse_audiovisual(serialized, parsed_audio, num_mel_bins)
-        label = video_dataset.label_of(labels, num_classes, multi_label)
-        return encoded, tf.shape(encoded)[0], label, video_id, audio
-
-    def train_example(serialized, position):
-        encoded, n, label, _, audio = open_example(serialized)
-        keys = video_dataset.example_keys(seed, position, 4)  # 0-2: as the video reader
-        start = video_dataset.random_clip_start(n, num_frames, stride, keys[0])
-        inputs = {}
-        if "rgb" in modalities:
-            indices = video_dataset.clip_frame_indices(n, num_frames, stride, start)
-            frames = video_dataset.decode_frames(tf.gather(encoded, indices), num_frames, channels)
-            frames = video_dataset.augment_train_clip(
-                frames,
-                keys[1],
-                keys[2],
-                image_size=image_size,
-                resize_size=resize_size,
-                train_crop=train_crop,
-                crop_area_range=crop_area_range,
-                crop_aspect_ratio_range=crop_aspect_ratio_range,
-                random_flip=random_flip,
-            )
-            inputs["rgb"] = tf.ensure_shape(frames, clip_shape)
-        if with_audio:
-            spec = audio_clip(audio, n, start)
-            if spec_augment:
-                mask = spec_augment_mask(
-                    keys[3],
-                    spec_shape[:2],
-                    spec_time_masks,
-                    spec_time_mask_max,
-                    spec_freq_masks,
-                    spec_freq_mask_max,
-                )
-                spec = tf.where(mask[..., None], tf.reduce_mean(spec), spec)
-            inputs["spectrogram"] = spec
-        return {"inputs": inputs, "label": label}
-
-    def eval_views(serialized, num_clips, num_crops):
-        """-> inputs with a leading view axis (num_clips * num_crops, clip-major)."""
-        encoded, n, label, video_id, audio = open_example(serialized)
-        starts = video_dataset.eval_clip_starts(n, num_frames, stride, num_clips)
-        starts = tf.unstack(starts, num_clips)
-        inputs = {}
-        if "rgb" in modalities:
-            indices = tf.concat(
-                [video_dataset.clip_frame_indices(n, num_frames, stride, s) for s in starts], 0
-            )
-            frames = video_dataset.decode_frames(
-                tf.gather(encoded, indices), num_clips * num_frames, channels
-            )
-            inputs["rgb"] = video_dataset.eval_clip_views(
-                frames, num_clips, num_crops, clip_shape, resize_size
-            )
-        if with_audio:
-            specs = tf.stack([audio_clip(audio, n, s) for s in starts])
-            inputs["spectrogram"] = tf.repeat(specs, num_crops, axis=0)
-        out = {"inputs": inputs, "label": label, "batch_mask": 1.0}
-        if with_video_id:
-            out["video_id"] = video_id
-        return out
-
-    host_range, host_eval_batch, n_eval_batches = video_dataset.record_eval_plan(
-        len(eval_records), eval_batch_size, process_index, process_count
-    )
-    shapes = {"rgb": clip_shape, "spectrogram": spec_shape}
-
-    def padded_eval(example_fn, num_views):
-        view = (num_views,) if num_views else ()
-        padding = {
-            "inputs": {m: tf.zeros(view + shapes[m], tf.float32) for m in modalities},
-            "label": tf.zeros([num_classes], tf.float32) if multi_label else tf.constant(0),
-            "batch_mask": tf.constant(0.0),
-        }
-        if with_video_id:
-            padding["video_id"] = tf.constant(b"")
-        return video_dataset.record_eval_batches(
-            eval_records, host_range, example_fn, padding, host_eval_batch, n_eval_batches
+    def mask_spectrogram(spec, key):
+        """SpecAugment: the masked time and mel bands set to the spectrogram's mean."""
+        mask = spec_augment_mask(
+            key,
+            spec_shape[:2],
+            spec_time_masks,
+            spec_time_mask_max,
+            spec_freq_masks,
+            spec_freq_mask_max,
         )
+        return tf.where(mask[..., None], tf.reduce_mean(spec), spec)
 
-    def single_view(serialized):
-        out = eval_views(serialized, 1, 1)
-        out["inputs"] = {m: x[0] for m, x in out["inputs"].items()}
-        return out
-
-    def eval_batches():
-        return padded_eval(single_view, 0)
-
-    def multiview_eval_batches():
-        def views(serialized):
-            return eval_views(serialized, num_test_clips, num_test_crops)
-
-        return padded_eval(views, num_test_clips * num_test_crops)
-
-    train_batches = video_dataset.record_train_batches(
-        train_records,
-        train_example,
+    with_audio = "spectrogram" in modalities
+    audio = video_dataset.ExtraModality(
+        name="spectrogram",
+        shape=spec_shape,
+        features=audio_features(audio_feature, num_mel_bins),
+        clip=spectrogram,
+        augment=mask_spectrogram if spec_augment else None,
+    )
+    return video_dataset.read_clips(
+        clips,
         batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
         seed=seed,
         process_index=process_index,
         process_count=process_count,
-    )
-    meta_data = {
-        "num_classes": num_classes,
-        "input_shape": {m: (-1, *shapes[m]) for m in modalities},
-        "input_dtype": np.float32,
-        "num_train_examples": len(train_records),
-        "num_eval_examples": len(eval_records),
-        "num_test_views": num_test_clips * num_test_crops,
-        "multi_label": multi_label,
-        "modalities": modalities,
-    }
-    return video_dataset.VideoDataset(
-        meta_data, train_batches, eval_batches, n_eval_batches, multiview_eval_batches
+        train_files=train_files,
+        eval_files=eval_files,
+        num_classes=num_classes,
+        multi_label=multi_label,
+        in_memory=in_memory,
+        with_video_id=with_video_id,
+        modalities=modalities,
+        extras=[audio] if with_audio else [],
+        check=audio_record_check(audio_feature if with_audio else None, num_mel_bins, sample_rate),
     )

@@ -1,6 +1,10 @@
 """Video classification from SequenceExample TFRecords (Kinetics-style, one video a record).
 
-The record layout is in core/docs/video_records.md (written by `write_video_records`).
+The record layout is in core/docs/video_records.md (written by `write_video_records`). This
+module holds the builder, `build_video_tfrecord`, and `read_clips`, the clip-reading core it
+shares with `audiovisual_dataset` (which adds its spectrogram as an `ExtraModality`). The TF
+ops on one clip are in `video_ops`, record reading in `record_io`, batching in
+`record_batches`.
 
 Train: `num_frames` frames `stride` apart from a random start (clips wrap around videos that
 are too short), one spatial augmentation for the whole clip — `random_resized` (random area
@@ -18,30 +22,23 @@ memory (`in_memory=True`, for data that fits) or read one by one through an offs
 built by scanning the record headers (`in_memory=False`, any size; the same batches). Either
 way resuming at step k is exact and costs nothing.
 
-Errors: a corrupt or truncated file raises `CorruptRecordsError` naming the file (in memory:
-at build time, every record's checksum and contents are checked; indexed: framing and length
-checksums at build time, contents when the record is read).
+Errors: a bad argument raises ValueError naming it, before any file is read. A corrupt or
+truncated file raises `CorruptRecordsError` naming the file (in memory: at build time, every
+record's checksum and contents are checked; indexed: framing and length checksums at build
+time, contents when the record is read).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import struct
-import threading
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from scenic.dataset_lib import dataset_utils
-from scenic.dataset_lib.write_video_records import IMAGE_KEY, LABEL_INDEX_KEY, VIDEO_ID_KEY
+from scenic.dataset_lib import dataset_utils, record_batches, record_io, video_ops
 
-TRAIN_CROPS = ("random_resized", "multi_scale", "none")
-MULTI_SCALES = (1.0, 0.875, 0.75, 0.66)
-
-
-class CorruptRecordsError(ValueError):
-    """A TFRecord file that cannot be read, or a record not in the documented layout."""
+# Users catch it from here.
+from scenic.dataset_lib.record_io import CorruptRecordsError as CorruptRecordsError
 
 
 @dataclasses.dataclass
@@ -56,486 +53,258 @@ class VideoDataset(dataset_utils.Dataset):
     multiview_eval_batches: Callable[[], Iterator[dict[str, np.ndarray]]] = None
 
 
-# --- reading records by index ---------------------------------------------------------------
+def check_at_least(minimum, **values) -> None:
+    """Raises ValueError naming the first of `values` (argument name -> value) < minimum."""
+    for name, value in values.items():
+        if value < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value!r}.")
 
 
-def resolve_files(patterns: str | Sequence[str], what: str) -> list[str]:
-    import tensorflow as tf
+@dataclasses.dataclass(frozen=True)
+class ClipArgs:
+    """How clips are taken from a video and augmented: the arguments both builders share,
+    checked when made (each error names its argument)."""
 
-    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
-    files = []
-    for pattern in patterns:
-        matched = sorted(tf.io.gfile.glob(pattern))
-        if not matched:
-            raise FileNotFoundError(f"{what} pattern {pattern!r} matches no files.")
-        files.extend(matched)
-    return files
+    num_frames: int
+    stride: int
+    image_size: int
+    resize_size: int | None  # None or 0: image_size
+    channels: int
+    train_crop: str
+    crop_area_range: tuple[float, float]
+    crop_aspect_ratio_range: tuple[float, float]
+    random_flip: bool
+    num_test_clips: int
+    num_test_crops: int
+    random_wrap_shift: bool = False
 
-
-def check_record(serialized: bytes, where: str, num_classes: int) -> None:
-    """Raises CorruptRecordsError unless `serialized` is a video in the documented layout."""
-    import tensorflow as tf
-    from google.protobuf.message import DecodeError
-
-    try:
-        example = tf.train.SequenceExample.FromString(serialized)
-    except DecodeError as e:
-        raise CorruptRecordsError(f"{where}: not a tf.train.SequenceExample ({e}).") from None
-    video_id = example.context.feature[VIDEO_ID_KEY].bytes_list.value
-    name = f"{where} (video {video_id[0].decode(errors='replace')!r})" if video_id else where
-    labels = example.context.feature[LABEL_INDEX_KEY].int64_list.value
-    if not labels or min(labels) < 0 or max(labels) >= num_classes:
-        raise CorruptRecordsError(
-            f"{name}: {LABEL_INDEX_KEY} must hold labels in [0, {num_classes}), got {list(labels)}."
+    def __post_init__(self):
+        object.__setattr__(self, "resize_size", self.resize_size or self.image_size)
+        check_at_least(
+            1,
+            num_frames=self.num_frames,
+            stride=self.stride,
+            image_size=self.image_size,
+            num_test_clips=self.num_test_clips,
         )
-    if not example.feature_lists.feature_list[IMAGE_KEY].feature:
-        raise CorruptRecordsError(f"{name}: no frames in feature list {IMAGE_KEY!r}.")
-
-
-def load_records(files: list[str], num_classes: int, check=check_record) -> list[bytes]:
-    """Every record of `files` in memory, checksums and contents checked.
-
-    `check(serialized, where, num_classes)` raises CorruptRecordsError for a record not in
-    the layout (`check_record`; the audio-visual reader adds its audio fields).
-    """
-    import tensorflow as tf
-
-    records = []
-    for path in files:
-        try:
-            batches = tf.data.TFRecordDataset(path).batch(4096).as_numpy_iterator()
-            chunk = [record for batch in batches for record in batch]
-        except tf.errors.OpError as e:
-            raise CorruptRecordsError(
-                f"Corrupt or truncated TFRecord file {path}: {e.message}"
-            ) from None
-        for i, serialized in enumerate(chunk):
-            check(serialized, f"{path} record {i}", num_classes)
-        records.extend(chunk)
-    return records
-
-
-def _crc32c_table() -> list[int]:
-    table = []
-    for n in range(256):
-        for _ in range(8):
-            n = (n >> 1) ^ 0x82F63B78 if n & 1 else n >> 1
-        table.append(n)
-    return table
-
-
-_CRC32C_TABLE = _crc32c_table()
-
-
-def masked_crc32c(data: bytes) -> int:
-    """The TFRecord checksum (CRC-32C, rotated and offset); pure Python, for short headers."""
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc = _CRC32C_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    crc ^= 0xFFFFFFFF
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-class IndexedRecords(Sequence):
-    """Records of TFRecord files read one at a time by index, through an offset index.
-
-    Building the index reads each record's 12-byte header (length + its checksum) and seeks
-    over the payload, so truncation and broken framing are found at once. The payload's own
-    checksum is not verified (that would read everything); a damaged payload is reported,
-    naming the file, when the record is read and fails to parse.
-    """
-
-    def __init__(self, files: list[str], num_classes: int, check=check_record):
-        import tensorflow as tf
-
-        self.files, self.num_classes, self.check, self.index = files, num_classes, check, []
-        for f, path in enumerate(files):
-            size = tf.io.gfile.stat(path).length
-            with tf.io.gfile.GFile(path, "rb") as fh:
-                offset = 0
-                while offset < size:
-                    header = fh.read(12)
-                    (length,) = struct.unpack("<Q", header[:8]) if len(header) == 12 else (0,)
-                    if len(header) < 12 or struct.unpack("<I", header[8:])[0] != masked_crc32c(
-                        header[:8]
-                    ):
-                        raise CorruptRecordsError(
-                            f"Corrupt or truncated TFRecord file {path}: bad record header at "
-                            f"byte {offset}."
-                        )
-                    if offset + 16 + length > size:
-                        raise CorruptRecordsError(
-                            f"Corrupt or truncated TFRecord file {path}: record at byte "
-                            f"{offset} needs {length + 16} bytes, the file ends after "
-                            f"{size - offset}."
-                        )
-                    self.index.append((f, offset + 12, length))
-                    offset += 16 + length
-                    fh.seek(offset)
-        self._handles, self._lock = {}, threading.Lock()  # iterators may share this object
-
-    def __len__(self):
-        return len(self.index)
-
-    def __getitem__(self, i):
-        import tensorflow as tf
-
-        f, offset, length = self.index[i]
-        with self._lock:
-            if f not in self._handles:
-                self._handles[f] = tf.io.gfile.GFile(self.files[f], "rb")
-            fh = self._handles[f]
-            fh.seek(offset)
-            data = fh.read(length)
-        self.check(data, f"{self.files[f]} record at byte {offset - 12}", self.num_classes)
-        return data
-
-
-def raise_named_errors(iterator):
-    """Re-raises a CorruptRecordsError that tf.data wrapped (indexed reading) as itself."""
-    import tensorflow as tf
-
-    try:
-        yield from iterator
-    except tf.errors.OpError as e:
-        marker = f"{CorruptRecordsError.__name__}: "
-        if marker not in e.message:
-            raise
-        raise CorruptRecordsError(e.message.split(marker, 1)[1].split("\n")[0]) from None
-
-
-def decode_all_frames(records, channels: int, num_classes: int, multi_label: bool):
-    """Every frame of `records` decoded once: (frames uint8 [F, H, W, C], offsets [N + 1] int32
-    (video i is frames[offsets[i]:offsets[i + 1]]), labels [N] as `label_of` gives them).
-
-    For small data sets read many times (moving_digits: 47 MB decoded), where decoding JPEGs
-    again for every clip would cost more CPU than the model. Every frame must have one size.
-    """
-    import tensorflow as tf
-
-    def parse(serialized):
-        encoded, labels, _ = parse_video(serialized)
-        return tf.shape(encoded)[0], label_of(labels, num_classes, multi_label)
-
-    def decode(serialized, count):
-        encoded = parse_video(serialized)[0]
-        if count:  # every video has `count` frames: unrolled, ~5x faster on small frames
-            return decode_frames(encoded, count, channels)
-        return tf.map_fn(
-            lambda frame: tf.io.decode_image(frame, channels=channels, expand_animations=False),
-            encoded,
-            fn_output_signature=tf.uint8,
-        )
-
-    def batched(ds):  # whole batches cross into Python: per-element iteration is slow
-        return list(ds.batch(512).as_numpy_iterator())
-
-    parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    source = tf.data.Dataset.from_tensor_slices(tf.constant(records, tf.string))
-    counts, labels = map(np.concatenate, zip(*batched(source.map(parse, **parallel))))
-    count = int(counts[0]) if len(set(counts.tolist())) == 1 else None
-    videos = source.map(lambda serialized: decode(serialized, count), **parallel)
-    try:
-        frames = np.concatenate(batched(videos if count else videos.unbatch()))
-    except tf.errors.InvalidArgumentError as e:
-        raise ValueError(f"decode_once needs frames of one size: {e.message}") from None
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-    return frames.reshape(-1, *frames.shape[-3:]), offsets, labels
-
-
-# --- TF ops on one video ----------------------------------------------------------------------
-
-
-def parse_video(serialized):
-    """-> (encoded frames [N] string, label indices [L] int64, video id string)."""
-    import tensorflow as tf
-
-    context, sequence = tf.io.parse_single_sequence_example(
-        serialized,
-        context_features={
-            VIDEO_ID_KEY: tf.io.FixedLenFeature([], tf.string, default_value=""),
-            LABEL_INDEX_KEY: tf.io.VarLenFeature(tf.int64),
-        },
-        sequence_features={IMAGE_KEY: tf.io.FixedLenSequenceFeature([], tf.string)},
-    )
-    labels = tf.sparse.to_dense(context[LABEL_INDEX_KEY])
-    return sequence[IMAGE_KEY], labels, context[VIDEO_ID_KEY]
-
-
-def clip_frame_indices(num_available, num_frames: int, stride: int, start):
-    """`num_frames` indices `stride` apart from `start`, wrapping around short videos."""
-    import tensorflow as tf
-
-    start = tf.cast(start, tf.int32)
-    return tf.math.floormod(start + tf.range(num_frames) * stride, num_available)
-
-
-def max_clip_start(num_available, num_frames: int, stride: int):
-    import tensorflow as tf
-
-    return tf.maximum(num_available - ((num_frames - 1) * stride + 1), 0)
-
-
-def decode_frames(encoded, num: int, channels: int):
-    """JPEG (or PNG) strings [num] -> uint8 [num, H, W, channels].
-
-    Unrolled over the static `num` frames: ~2.5x faster than tf.map_fn on small frames.
-    """
-    import tensorflow as tf
-
-    return tf.stack(
-        [
-            tf.io.decode_image(encoded[i], channels=channels, expand_animations=False)
-            for i in range(num)
-        ]
-    )
-
-
-def resize_short_side(frames, size: int):
-    import tensorflow as tf
-
-    shape = tf.cast(tf.shape(frames)[1:3], tf.float32)
-    new_shape = tf.cast(tf.round(shape * (size / tf.reduce_min(shape))), tf.int32)
-    return tf.image.resize(frames, tf.maximum(new_shape, size), method="bilinear")
-
-
-def spatial_crops(frames, size: int, num_crops: int):
-    """[T, H, W, C] (short side >= size) -> [num_crops, T, size, size, C].
-
-    One crop: the centre. Three: start, centre and end of the long side, centred across it.
-    """
-    import tensorflow as tf
-
-    height, width = tf.shape(frames)[1], tf.shape(frames)[2]
-    center_y, center_x = (height - size) // 2, (width - size) // 2
-    if num_crops == 1:
-        offsets = [(center_y, center_x)]
-    else:
-        landscape = width >= height
-        offsets = [
-            (
-                tf.where(landscape, center_y, along * (height - size) // 2),
-                tf.where(landscape, along * (width - size) // 2, center_x),
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels!r}.")
+        if self.train_crop not in video_ops.TRAIN_CROPS:
+            raise ValueError(
+                f"train_crop must be one of {video_ops.TRAIN_CROPS}, got {self.train_crop!r}."
             )
-            for along in range(3)
-        ]
-    return tf.stack([frames[:, y : y + size, x : x + size] for y, x in offsets])
+        if self.num_test_crops not in (1, 3):
+            raise ValueError(f"num_test_crops must be 1 or 3, got {self.num_test_crops!r}.")
+        if self.resize_size < self.image_size:
+            raise ValueError(
+                f"resize_size must be >= image_size ({self.image_size}), got {self.resize_size}."
+            )
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """One clip: (T, H, W, C)."""
+        return (self.num_frames, self.image_size, self.image_size, self.channels)
 
 
-def random_resized_crop(frames, size: int, key, area_range, aspect_ratio_range):
-    """One random box (area and aspect ratio ranges) for all frames, resized to `size`."""
-    import tensorflow as tf
+@dataclasses.dataclass(frozen=True)
+class ExtraModality:
+    """A modality read from the same record as the frames and aligned with each clip (the
+    audio-visual reader's spectrogram): what `read_clips` needs to know about it.
 
-    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(frames)[1:],
-        bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, [1, 1, 4]),
-        seed=key,
-        area_range=area_range,
-        aspect_ratio_range=aspect_ratio_range,
-        min_object_covered=0.0,
-        use_image_if_no_bounding_boxes=True,
-    )
-    crop = tf.slice(frames, tf.concat([[0], begin], 0), tf.concat([[-1], crop_size], 0))
-    return tf.image.resize(crop, (size, size), method="bilinear")
+    features: the feature lists to parse, {key: tf.io feature}.
+    clip: `(parsed, num_video_frames, clip_start) -> float [*shape]`, its input for the clip
+      of frames starting at `clip_start`; `parsed` maps each of `features` to its values.
+    augment: `(train input, key) -> train input`, or None; `key` is the example's key 3.
+    """
 
-
-def multi_scale_crop(frames, size: int, key):
-    """A square of a random MULTI_SCALES fraction of the short side, at a corner or centre."""
-    import tensorflow as tf
-
-    u = tf.random.stateless_uniform([2], seed=key)
-    height, width = tf.shape(frames)[1], tf.shape(frames)[2]
-    scales = tf.constant(MULTI_SCALES, tf.float32)
-    scale = scales[tf.cast(u[0] * len(MULTI_SCALES), tf.int32)]
-    side = tf.cast(tf.cast(tf.minimum(height, width), tf.float32) * scale, tf.int32)
-    spots = tf.constant([[0, 0], [0, 2], [2, 0], [2, 2], [1, 1]], tf.int32)  # halves of slack
-    spot = spots[tf.cast(u[1] * 5, tf.int32)]
-    y, x = spot[0] * (height - side) // 2, spot[1] * (width - side) // 2
-    crop = frames[:, y : y + side, x : x + side]
-    return tf.image.resize(crop, (size, size), method="bilinear")
+    name: str
+    shape: tuple[int, ...]
+    features: dict
+    clip: Callable
+    augment: Callable | None = None
 
 
-def to_float(frames):
-    import tensorflow as tf
-
-    return tf.cast(frames, tf.float32) / 127.5 - 1.0
-
-
-# --- pieces shared with the audio-visual reader ---------------------------------------------
-
-
-def example_keys(seed: int, position, count: int):
-    """`count` stateless RNG keys of the example at `position` of the global stream."""
-    import tensorflow as tf
-
-    key = tf.stack([tf.cast(seed, tf.int64), position])
-    return [tf.random.experimental.stateless_fold_in(key, salt) for salt in range(count)]
-
-
-def label_of(labels, num_classes: int, multi_label: bool):
-    """Label indices [L] -> multi-hot float32 [num_classes], or the first index (int32)."""
-    import tensorflow as tf
-
-    if multi_label:
-        return tf.reduce_max(tf.one_hot(labels, num_classes, dtype=tf.float32), axis=0)
-    return tf.cast(labels[0], tf.int32)
-
-
-def random_clip_start(num_available, num_frames: int, stride: int, key):
-    """A train clip start, uniform in [0, max_clip_start]."""
-    import tensorflow as tf
-
-    u = tf.random.stateless_uniform([], seed=key)
-    max_start = max_clip_start(num_available, num_frames, stride)
-    return tf.minimum(tf.cast(u * tf.cast(max_start + 1, tf.float32), tf.int32), max_start)
-
-
-def eval_clip_starts(num_available, num_frames: int, stride: int, num_clips: int):
-    """[num_clips] starts: the centred one, or `num_clips` evenly spaced over the range."""
-    import tensorflow as tf
-
-    max_start = max_clip_start(num_available, num_frames, stride)
-    if num_clips == 1:
-        return tf.reshape(max_start // 2, [1])
-    starts = tf.linspace(0.0, tf.cast(max_start, tf.float32), num_clips)
-    return tf.cast(tf.round(starts), tf.int32)
-
-
-def check_clip_args(
-    num_frames,
-    stride,
-    image_size,
-    resize_size,
-    channels,
-    train_crop,
-    num_test_clips,
-    num_test_crops,
-):
-    if train_crop not in TRAIN_CROPS:
-        raise ValueError(f"train_crop must be one of {TRAIN_CROPS}, got {train_crop!r}.")
-    if num_test_crops not in (1, 3):
-        raise ValueError(f"num_test_crops must be 1 or 3, got {num_test_crops}.")
-    if min(num_frames, stride, num_test_clips) < 1 or channels not in (1, 3):
-        raise ValueError("num_frames, stride, num_test_clips must be >= 1; channels 1 or 3.")
-    if resize_size < image_size:
-        raise ValueError(f"resize_size ({resize_size}) must be >= image_size ({image_size}).")
-
-
-def augment_train_clip(
-    frames,
-    crop_key,
-    flip_key,
+def read_clips(
+    clips: ClipArgs,
     *,
-    image_size: int,
-    resize_size: int,
-    train_crop: str,
-    crop_area_range,
-    crop_aspect_ratio_range,
-    random_flip: bool,
-    wrap_shift_key=None,
-):
-    """uint8 [T, H, W, C] -> float [T, S, S, C] in [-1, 1]: one crop and flip for the clip,
-    then, given `wrap_shift_key`, one uniform toroidal shift (rows, columns) of the clip."""
-    import tensorflow as tf
+    batch_size: int,
+    eval_batch_size: int,
+    seed: int,
+    process_index: int,
+    process_count: int,
+    train_files: str | Sequence[str],
+    eval_files: str | Sequence[str],
+    num_classes: int,
+    multi_label: bool,
+    in_memory: bool,
+    with_video_id: bool,
+    decode_once: bool = False,
+    modalities: Sequence[str] | None = None,
+    extras: Sequence[ExtraModality] = (),
+    check=record_io.check_record,
+) -> VideoDataset:
+    """The `VideoDataset` of clips of the records in `train_files` / `eval_files`.
 
-    if train_crop == "random_resized":
-        frames = random_resized_crop(
-            frames, image_size, crop_key, crop_area_range, crop_aspect_ratio_range
-        )
-    elif train_crop == "multi_scale":
-        frames = multi_scale_crop(frames, image_size, crop_key)
-    else:
-        frames = spatial_crops(resize_short_side(frames, resize_size), image_size, 1)[0]
-    if random_flip:
-        flip = tf.random.stateless_uniform([], seed=flip_key) < 0.5
-        frames = tf.cond(flip, lambda: tf.reverse(frames, [2]), lambda: frames)
-    if wrap_shift_key is not None:
-        shift = tf.random.stateless_uniform(
-            [2], seed=wrap_shift_key, maxval=image_size, dtype=tf.int32
-        )
-        frames = tf.roll(frames, shift, axis=[1, 2])
-    return to_float(frames)
-
-
-def eval_clip_views(frames, num_clips: int, num_crops: int, clip_shape, resize_size: int):
-    """uint8 [num_clips * T, H, W, C] -> float views [num_clips * num_crops, T, S, S, C],
-    clip-major (view c * num_crops + s)."""
-    import tensorflow as tf
-
-    frames = resize_short_side(frames, resize_size)
-    crops = spatial_crops(frames, clip_shape[1], num_crops)  # [crops, clips * T, S, S, C]
-    crops = tf.reshape(crops, [num_crops, num_clips, *clip_shape])
-    return to_float(tf.reshape(tf.transpose(crops, [1, 0, 2, 3, 4, 5]), [-1, *clip_shape]))
-
-
-def record_train_batches(
-    records, example_fn, *, batch_size, seed, process_index, process_count, by_index=False
-) -> Callable[[int], Iterator[dict[str, np.ndarray]]]:
-    """`start_step -> iterator` of host batches of `example_fn(serialized, position)`, or of
-    `example_fn(index, position)` with `by_index` (the record's index, for decoded data).
-
-    Records are taken in `dataset_utils.train_example_indices` order, so batch k depends only
-    on (seed, k) and host p of P gets the p-th slice of the global batch.
+    Checks the remaining arguments, then reads the records (`check` vets each one).
+    `modalities`: None, inputs are the frames; else inputs are a dict of these names, 'rgb'
+    (the frames, not decoded unless asked for) and the names of `extras`. Random keys of an
+    example (`video_ops.example_keys(seed, position, 4)`): 0 clip start, 1 crop, 2 flip,
+    3 the wrap shift or the extra modalities' augmentation.
     """
     import tensorflow as tf
 
-    host_batch = dataset_utils.host_batch_size(batch_size, process_count)
+    check_at_least(
+        1, num_classes=num_classes, batch_size=batch_size, eval_batch_size=eval_batch_size
+    )
+    dataset_utils.host_batch_size(batch_size, process_count)
+    dataset_utils.host_batch_size(eval_batch_size, process_count, "eval_batch_size")
+    if decode_once and not in_memory:
+        raise ValueError("decode_once=True needs in_memory=True, got in_memory=False.")
+    names = ("rgb",) if modalities is None else tuple(modalities)
+    if set(names) - {"rgb"} != {m.name for m in extras}:
+        raise ValueError(f"modalities {names} need an ExtraModality for each but 'rgb'.")
+    num_frames, stride = clips.num_frames, clips.stride
+    with_rgb = "rgb" in names
+    shapes = {"rgb": clips.shape, **{m.name: m.shape for m in extras}}
+    features = {key: f for m in extras for key, f in m.features.items()}
 
-    def stream(start_step):
-        for step in itertools.count(start_step):
-            indices, positions = dataset_utils.train_example_indices(
-                step,
-                num_examples=len(records),
-                global_batch_size=batch_size,
-                seed=seed,
-                process_index=process_index,
-                process_count=process_count,
+    def pack(inputs: dict):
+        return inputs["rgb"] if modalities is None else inputs
+
+    train_records = record_io.read_records(
+        train_files, "train_files", num_classes, in_memory, check
+    )
+    eval_records = record_io.read_records(eval_files, "eval_files", num_classes, in_memory, check)
+
+    def open_video(serialized):
+        """-> (number of frames, frames_at(indices, count) -> uint8 [count, H, W, C], label,
+        video id, parsed extra features); only the frames asked for are decoded."""
+        encoded, labels, video_id, parsed = video_ops.parse_video(serialized, features)
+
+        def frames_at(indices, count):
+            return video_ops.decode_frames(tf.gather(encoded, indices), count, clips.channels)
+
+        label = video_ops.label_of(labels, num_classes, multi_label)
+        return tf.shape(encoded)[0], frames_at, label, video_id, parsed
+
+    if decode_once:
+        decoded = [
+            tf.constant(a)
+            for a in video_ops.decode_all_frames(
+                train_records, clips.channels, num_classes, multi_label
             )
-            yield (
-                np.asarray(indices, np.int64) if by_index else [records[int(i)] for i in indices]
-            ), positions
+        ]
 
-    def train_batches(start_step: int = 0):
-        signature = (
-            tf.TensorSpec([host_batch], tf.int64 if by_index else tf.string),
-            tf.TensorSpec([host_batch], tf.int64),
+    def open_decoded(index):
+        """`open_video` for the train record at `index`, from the decoded frames."""
+        all_frames, offsets, labels = decoded
+        first = offsets[index]
+
+        def frames_at(indices, count):
+            return tf.gather(all_frames, first + indices)
+
+        return offsets[index + 1] - first, frames_at, labels[index], None, {}
+
+    def train_example(record, position):
+        n, frames_at, label, _, parsed = (open_decoded if decode_once else open_video)(record)
+        keys = video_ops.example_keys(seed, position, 4)  # start, crop, flip, wrap / extras
+        start = video_ops.random_clip_start(n, num_frames, stride, keys[0])
+        inputs = {}
+        if with_rgb:
+            indices = video_ops.clip_frame_indices(n, num_frames, stride, start)
+            frames = video_ops.augment_train_clip(
+                frames_at(indices, num_frames),
+                keys[1],
+                keys[2],
+                image_size=clips.image_size,
+                resize_size=clips.resize_size,
+                train_crop=clips.train_crop,
+                crop_area_range=clips.crop_area_range,
+                crop_aspect_ratio_range=clips.crop_aspect_ratio_range,
+                random_flip=clips.random_flip,
+                wrap_shift_key=keys[3] if clips.random_wrap_shift else None,
+            )
+            inputs["rgb"] = tf.ensure_shape(frames, clips.shape)
+        for m in extras:
+            x = m.clip(parsed, n, start)
+            inputs[m.name] = m.augment(x, keys[3]) if m.augment else x
+        return {"inputs": pack(inputs), "label": label}
+
+    def eval_example(serialized, views):
+        """`views` (num_clips, num_crops) -> dict with inputs of a leading view axis
+        [num_clips * num_crops], clip-major; None: the centred view, without a view axis."""
+        num_clips, num_crops = views or (1, 1)
+        n, frames_at, label, video_id, parsed = open_video(serialized)
+        starts = video_ops.eval_clip_starts(n, num_frames, stride, num_clips)
+        starts = tf.unstack(starts, num_clips)
+        inputs = {}
+        if with_rgb:
+            indices = tf.concat(
+                [video_ops.clip_frame_indices(n, num_frames, stride, s) for s in starts], 0
+            )
+            frames = frames_at(indices, num_clips * num_frames)
+            inputs["rgb"] = video_ops.eval_clip_views(
+                frames, num_clips, num_crops, clips.shape, clips.resize_size
+            )
+        for m in extras:  # the crops of one clip share its input
+            per_clip = tf.stack([m.clip(parsed, n, s) for s in starts])
+            inputs[m.name] = tf.repeat(per_clip, num_crops, axis=0)
+        if views is None:
+            inputs = {name: x[0] for name, x in inputs.items()}
+        out = {"inputs": pack(inputs), "label": label, "batch_mask": 1.0}
+        if with_video_id:
+            out["video_id"] = video_id
+        return out
+
+    host_range, host_eval_batch, n_eval_batches = record_batches.record_eval_plan(
+        len(eval_records), eval_batch_size, process_index, process_count
+    )
+
+    def padded_eval(views):
+        view = () if views is None else (views[0] * views[1],)
+        padding = {
+            "inputs": pack({m: tf.zeros(view + shapes[m], tf.float32) for m in names}),
+            "label": tf.zeros([num_classes], tf.float32) if multi_label else tf.constant(0),
+            "batch_mask": tf.constant(0.0),
+        }
+        if with_video_id:
+            padding["video_id"] = tf.constant(b"")
+        return record_batches.record_eval_batches(
+            eval_records,
+            host_range,
+            lambda serialized: eval_example(serialized, views),
+            padding,
+            host_eval_batch,
+            n_eval_batches,
         )
-        ds = tf.data.Dataset.from_generator(
-            lambda: stream(start_step), output_signature=signature
-        ).unbatch()
-        ds = ds.map(example_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return raise_named_errors(ds.batch(host_batch).prefetch(2).as_numpy_iterator())
 
-    return train_batches
-
-
-def record_eval_plan(num_records: int, eval_batch_size, process_index, process_count):
-    """(this host's record range, host batch size, batches per pass on every host)."""
-    host_batch = dataset_utils.host_batch_size(eval_batch_size, process_count, "eval_batch_size")
-    host_range = dataset_utils.host_eval_slice(num_records, process_index, process_count)
-    return (
-        host_range,
-        host_batch,
-        dataset_utils.num_eval_batches(num_records, host_batch, process_count),
+    train_batches = record_batches.record_train_batches(
+        train_records,
+        train_example,
+        batch_size=batch_size,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
+        by_index=decode_once,
     )
-
-
-def record_eval_batches(records, host_range, example_fn, padding, host_batch, num_batches):
-    """One pass of `example_fn` over `records[host_range]`, then `padding` to fill
-    `num_batches` batches of `host_batch` (padding carries batch_mask 0)."""
-    import tensorflow as tf
-
-    ds = tf.data.Dataset.from_generator(
-        lambda: (records[i] for i in host_range),
-        output_signature=tf.TensorSpec([], tf.string),
+    meta_data = {
+        "num_classes": num_classes,
+        "input_shape": pack({m: (-1, *shapes[m]) for m in names}),
+        "input_dtype": np.float32,
+        "num_train_examples": len(train_records),
+        "num_eval_examples": len(eval_records),
+        "num_test_views": clips.num_test_clips * clips.num_test_crops,
+        "multi_label": multi_label,
+    }
+    if modalities is not None:
+        meta_data["modalities"] = names
+    return VideoDataset(
+        meta_data,
+        train_batches,
+        lambda: padded_eval(None),
+        n_eval_batches,
+        lambda: padded_eval((clips.num_test_clips, clips.num_test_crops)),
     )
-    ds = ds.map(example_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat())
-    ds = ds.take(num_batches * host_batch).batch(host_batch)
-    return raise_named_errors(ds.prefetch(2).as_numpy_iterator())
-
-
-# --- the builder --------------------------------------------------------------------------------
 
 
 def build_video_tfrecord(
@@ -583,135 +352,32 @@ def build_video_tfrecord(
         sets; same batches as decoding each time).
       with_video_id: eval batches carry `video_id` (bytes; b'' for padding).
     """
-    import tensorflow as tf
-
-    resize_size = resize_size or image_size
-    check_clip_args(
-        num_frames,
-        stride,
-        image_size,
-        resize_size,
-        channels,
-        train_crop,
-        num_test_clips,
-        num_test_crops,
+    clips = ClipArgs(
+        num_frames=num_frames,
+        stride=stride,
+        image_size=image_size,
+        resize_size=resize_size,
+        channels=channels,
+        train_crop=train_crop,
+        crop_area_range=crop_area_range,
+        crop_aspect_ratio_range=crop_aspect_ratio_range,
+        random_flip=random_flip,
+        num_test_clips=num_test_clips,
+        num_test_crops=num_test_crops,
+        random_wrap_shift=random_wrap_shift,
     )
-    dataset_utils.host_batch_size(batch_size, process_count)
-    dataset_utils.host_batch_size(eval_batch_size, process_count, "eval_batch_size")
-    if decode_once and not in_memory:
-        raise ValueError("decode_once needs in_memory=True.")
-    read = load_records if in_memory else IndexedRecords
-    train_records = read(resolve_files(train_files, "train_files"), num_classes)
-    eval_records = read(resolve_files(eval_files, "eval_files"), num_classes)
-    clip_shape = (num_frames, image_size, image_size, channels)
-
-    def open_video(serialized):
-        """-> (number of frames, frames_at(indices, count) -> uint8 [count, H, W, C], label,
-        video id); only the frames asked for are decoded."""
-        encoded, labels, video_id = parse_video(serialized)
-
-        def frames_at(indices, count):
-            return decode_frames(tf.gather(encoded, indices), count, channels)
-
-        return tf.shape(encoded)[0], frames_at, label_of(labels, num_classes, multi_label), video_id
-
-    if decode_once:
-        decoded = [
-            tf.constant(a)
-            for a in decode_all_frames(train_records, channels, num_classes, multi_label)
-        ]
-
-    def open_decoded(index):
-        """`open_video` for the record at `index`, from the decoded frames."""
-        all_frames, offsets, labels = decoded
-        first = offsets[index]
-
-        def frames_at(indices, count):
-            return tf.gather(all_frames, first + indices)
-
-        return offsets[index + 1] - first, frames_at, labels[index], None
-
-    def train_example(record, position):
-        n, frames_at, label, _ = (open_decoded if decode_once else open_video)(record)
-        keys = example_keys(seed, position, 4)
-        start = random_clip_start(n, num_frames, stride, keys[0])
-        frames = frames_at(clip_frame_indices(n, num_frames, stride, start), num_frames)
-        frames = augment_train_clip(
-            frames,
-            keys[1],
-            keys[2],
-            image_size=image_size,
-            resize_size=resize_size,
-            train_crop=train_crop,
-            crop_area_range=crop_area_range,
-            crop_aspect_ratio_range=crop_aspect_ratio_range,
-            random_flip=random_flip,
-            wrap_shift_key=keys[3] if random_wrap_shift else None,
-        )
-        return {"inputs": tf.ensure_shape(frames, clip_shape), "label": label}
-
-    def eval_views(serialized, num_clips, num_crops):
-        """-> dict with inputs [num_clips * num_crops, T, S, S, C], clip-major."""
-        n, frames_at, label, video_id = open_video(serialized)
-        starts = eval_clip_starts(n, num_frames, stride, num_clips)
-        indices = tf.concat(
-            [clip_frame_indices(n, num_frames, stride, s) for s in tf.unstack(starts, num_clips)], 0
-        )
-        frames = frames_at(indices, num_clips * num_frames)
-        views = eval_clip_views(frames, num_clips, num_crops, clip_shape, resize_size)
-        out = {"inputs": views, "label": label, "batch_mask": 1.0}
-        if with_video_id:
-            out["video_id"] = video_id
-        return out
-
-    host_range, host_eval_batch, n_eval_batches = record_eval_plan(
-        len(eval_records), eval_batch_size, process_index, process_count
-    )
-
-    def padded_eval(example_fn, inputs_shape):
-        padding = {
-            "inputs": tf.zeros(inputs_shape, tf.float32),
-            "label": tf.zeros([num_classes], tf.float32) if multi_label else tf.constant(0),
-            "batch_mask": tf.constant(0.0),
-        }
-        if with_video_id:
-            padding["video_id"] = tf.constant(b"")
-        return record_eval_batches(
-            eval_records, host_range, example_fn, padding, host_eval_batch, n_eval_batches
-        )
-
-    def single_view(serialized):
-        out = eval_views(serialized, 1, 1)
-        out["inputs"] = out["inputs"][0]
-        return out
-
-    def eval_batches():
-        return padded_eval(single_view, clip_shape)
-
-    def multiview_eval_batches():
-        def views(serialized):
-            return eval_views(serialized, num_test_clips, num_test_crops)
-
-        return padded_eval(views, (num_test_clips * num_test_crops, *clip_shape))
-
-    train_batches = record_train_batches(
-        train_records,
-        train_example,
+    return read_clips(
+        clips,
         batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
         seed=seed,
         process_index=process_index,
         process_count=process_count,
-        by_index=decode_once,
-    )
-    meta_data = {
-        "num_classes": num_classes,
-        "input_shape": (-1, *clip_shape),
-        "input_dtype": np.float32,
-        "num_train_examples": len(train_records),
-        "num_eval_examples": len(eval_records),
-        "num_test_views": num_test_clips * num_test_crops,
-        "multi_label": multi_label,
-    }
-    return VideoDataset(
-        meta_data, train_batches, eval_batches, n_eval_batches, multiview_eval_batches
+        train_files=train_files,
+        eval_files=eval_files,
+        num_classes=num_classes,
+        multi_label=multi_label,
+        in_memory=in_memory,
+        with_video_id=with_video_id,
+        decode_once=decode_once,
     )
