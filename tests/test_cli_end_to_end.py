@@ -82,6 +82,11 @@ def get_config():
         ),
         (["--config.optimizer.name=sgd"], None),  # b1/b2 are adamw's: read by nobody
         (["--bogus"], "Unrecognised argument '--bogus'"),
+        # Bad values, not only bad keys, are config errors found before anything is written.
+        (["--config.grad_accumulation_steps=3"], "grad_accumulation_steps=3 must divide"),
+        (["--config.batch_size=0"], "batch_size must be an integer >= 1, got 0"),
+        (["--config.dataset_configs.shift_pixels=-1"], "shift_pixels must be >= 0, got -1"),
+        (["--config.trainer_name=trainr"], "Unknown trainer_name 'trainr'. Did you mean"),
     ],
 )
 def test_bad_input_is_one_clear_error_and_nothing_written(trained, cli, extra, message):
@@ -124,3 +129,57 @@ def test_checkpoint_of_another_model_shape_is_refused(trained, cli, tiny_vit_dig
     assert "params/" in result.stderr and "checkpoint (16,) != model (32,)" in result.stderr
     assert "Traceback" not in result.stderr
     assert snapshot(workdir) == before
+
+
+def test_config_file_that_does_not_load_is_named(tmp_path, cli):
+    broken = tmp_path / "broken.py"
+    broken.write_text("def get_config(:\n    pass\n")
+    failing = tmp_path / "failing.py"
+    failing.write_text("def get_config():\n    return {}['model']\n")
+    for path, message in (
+        (broken, f"Config file {broken} does not parse: invalid syntax (line 1)"),
+        (failing, f"Config file {failing}: get_config() failed (line 2): KeyError"),
+    ):
+        result = cli("train", "--config", str(path), "--workdir", str(tmp_path / "wd"))
+        assert result.returncode == 2, result.stderr[-2000:]
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"scenic-baselines: error: {message}"), lines
+        assert not (tmp_path / "wd").exists()
+
+
+def test_workdir_that_is_a_file_is_refused(tmp_path, cli, tiny_vit_digits):
+    path = tmp_path / "file"
+    path.write_text("not a directory")
+    result = cli("train", "--config", "vit_digits", "--workdir", str(path), *tiny_vit_digits)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"scenic-baselines: error: --workdir {path} exists and is not a directory."
+    )
+    assert path.read_text() == "not a directory"
+
+
+def test_corrupt_latest_checkpoint_is_named_kept_and_not_replaced(trained, cli, tiny_vit_digits):
+    workdir, _ = trained
+    damaged = tmp_copy(workdir)
+    for data_file in (damaged / "checkpoints" / "6" / "default").rglob("d/*"):
+        data_file.write_bytes(data_file.read_bytes()[:10])  # truncated array data
+    before = snapshot(damaged)
+    for command in (
+        ["train", "--config", "vit_digits", *tiny_vit_digits, "--config.num_training_steps=9"],
+        ["eval"],
+    ):
+        result = cli(*command, "--workdir", str(damaged))
+        assert result.returncode == 2, result.stderr[-3000:]
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"scenic-baselines: error: Checkpoint {damaged}/checkpoints/6 ")
+        assert "cannot be read" in last and "Nothing was deleted or overwritten" in last
+        assert "Traceback" not in result.stderr
+        assert snapshot(damaged) == before  # not deleted, not replaced, nothing added
+
+
+def tmp_copy(workdir: pathlib.Path) -> pathlib.Path:
+    import shutil
+
+    copy = workdir.parent / f"{workdir.name}-damaged"
+    shutil.copytree(workdir, copy)
+    return copy

@@ -251,19 +251,19 @@ def detection_make(seed, focal=False, batch=3, queries=6, slots=4, classes=4, nu
 
     outputs = output()
     outputs["aux_outputs"] = [output() for _ in range(num_aux)]
-    target_mask = (rng.random((batch, slots)) < 0.6).astype(np.float32)
-    target_mask[0, [0, 2]] = 1.0
-    target_mask[0, [1, 3]] = 0.0
-    target_mask[1] = 1.0
-    target_mask[2] = 1.0
+    box_mask = (rng.random((batch, slots)) < 0.6).astype(np.float32)
+    box_mask[0, [0, 2]] = 1.0
+    box_mask[0, [1, 3]] = 0.0
+    box_mask[1] = 1.0
+    box_mask[2] = 1.0
     labels = rng.integers(0, classes, (batch, slots)).astype(np.int32)
     boxes = np.concatenate(
         [rng.uniform(0.2, 0.8, (batch, slots, 2)), rng.uniform(0.05, 0.4, (batch, slots, 2))], -1
     ).astype(np.float32)
-    labels[target_mask == 0] = -1
-    boxes[target_mask == 0] = np.nan
+    labels[box_mask == 0] = -1
+    boxes[box_mask == 0] = np.nan
     return outputs, {
-        "label": {"labels": labels, "boxes": boxes, "target_mask": target_mask},
+        "label": {"labels": labels, "boxes": boxes, "box_mask": box_mask},
         "batch_mask": padding_mask(batch, batch - 1),
     }
 
@@ -274,7 +274,7 @@ def detection_reference(outputs, batch, config):
     alpha, gamma, eos = 0.25, 2.0, 0.1
     label, mask = batch["label"], batch["batch_mask"]
     real = [b for b in range(len(mask)) if mask[b] > 0]
-    num_boxes = sum(int(label["target_mask"][b].sum()) for b in real)
+    num_boxes = sum(int(label["box_mask"][b].sum()) for b in real)
     sums = {}
     for suffix, out in [
         ("", outputs),
@@ -282,7 +282,7 @@ def detection_reference(outputs, batch, config):
     ]:
         total = {"class": 0.0, "bbox": 0.0, "giou": 0.0}
         for b in real:
-            keep = label["target_mask"][b] > 0
+            keep = label["box_mask"][b] > 0
             labels, boxes = label["labels"][b][keep], f64(label["boxes"][b][keep])
             logits, pred = f64(out["pred_logits"][b]), f64(out["pred_boxes"][b])
             p = 1 / (1 + np.exp(-logits))

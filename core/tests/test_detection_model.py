@@ -38,12 +38,12 @@ def example(seed, batch=2, queries=5, slots=3, classes=4):
         "pred_logits": rng.normal(size=(batch, queries, classes)).astype(np.float32),
         "pred_boxes": boxes(batch, queries),
     }
-    target_mask = np.ones((batch, slots), np.float32)
-    target_mask[0, 1] = 0.0
+    box_mask = np.ones((batch, slots), np.float32)
+    box_mask[0, 1] = 0.0
     label = {
         "labels": rng.integers(0, classes - 1, (batch, slots)).astype(np.int32),
         "boxes": boxes(batch, slots),
-        "target_mask": target_mask,
+        "box_mask": box_mask,
     }
     return outputs, {"label": label, "batch_mask": np.ones(batch, np.float32)}
 
@@ -104,13 +104,13 @@ def test_box_gradient_flows_only_through_the_matched_l1_terms():
     model = make(class_loss_coef=0.0, giou_loss_coef=0.0)
     outputs, batch = example(2)
     label = batch["label"]
-    label["boxes"][label["target_mask"] == 0] = np.nan
+    label["boxes"][label["box_mask"] == 0] = np.nan
     loss = lambda b: model.loss_function(dict(outputs, pred_boxes=b), batch)
     grad = np.asarray(jax.jit(jax.grad(loss))(outputs["pred_boxes"]))
-    num_boxes = label["target_mask"].sum()
+    num_boxes = label["box_mask"].sum()
     expected = np.zeros_like(grad)
     for b in range(2):
-        keep = label["target_mask"][b] > 0
+        keep = label["box_mask"][b] > 0
         pred, true = outputs["pred_boxes"][b].astype(np.float64), label["boxes"][b][keep]
         rows, cols = linear_sum_assignment(np.abs(pred[:, None] - true[None]).sum(-1))
         expected[b, rows] = 5.0 * np.sign(pred[rows] - true[cols]) / num_boxes
@@ -122,8 +122,8 @@ def test_gradients_are_finite_with_garbage_in_padded_targets():
     outputs, batch = example(3)
     outputs["aux_outputs"] = [dict(outputs)]
     label = batch["label"]
-    label["boxes"][label["target_mask"] == 0] = np.nan
-    label["labels"][label["target_mask"] == 0] = -7
+    label["boxes"][label["box_mask"] == 0] = np.nan
+    label["labels"][label["box_mask"] == 0] = -7
     grads = jax.jit(jax.grad(model.loss_function))(outputs, batch)
     for g in jax.tree.leaves(grads):
         assert np.all(np.isfinite(np.asarray(g)))
@@ -132,7 +132,7 @@ def test_gradients_are_finite_with_garbage_in_padded_targets():
 def test_no_targets_normalises_by_one_and_only_no_object_remains():
     model = make()
     outputs, batch = example(4)
-    batch["label"]["target_mask"][:] = 0.0
+    batch["label"]["box_mask"][:] = 0.0
     loss, metrics = jax.jit(model.loss_and_metrics)(outputs, batch)
     assert all(float(norm) == 1.0 for _, norm in metrics.values())
     assert float(metrics["loss_bbox"][0]) == 0.0 and float(metrics["loss_giou"][0]) == 0.0
@@ -152,8 +152,8 @@ def test_bad_inputs_name_what_is_wrong():
     bad_boxes = dict(batch["label"], boxes=batch["label"]["boxes"][..., :3])
     with pytest.raises(ValueError, match=r"label\['boxes'\]"):
         model.loss_function(outputs, dict(batch, label=bad_boxes))
-    bad_mask = dict(batch["label"], target_mask=batch["label"]["target_mask"][:, :2])
-    with pytest.raises(ValueError, match="target_mask"):
+    bad_mask = dict(batch["label"], box_mask=batch["label"]["box_mask"][:, :2])
+    with pytest.raises(ValueError, match="box_mask"):
         model.loss_function(outputs, dict(batch, label=bad_mask))
     with pytest.raises(ValueError, match="pred_boxes"):
         model.loss_function(dict(outputs, pred_boxes=outputs["pred_boxes"][..., :2]), batch)

@@ -10,12 +10,14 @@ error that names the key instead of a silently ignored setting.
 from __future__ import annotations
 
 import ast
+import contextlib
 import difflib
 import importlib
 import importlib.util
 import inspect
 import pathlib
 import pkgutil
+import traceback
 from collections.abc import Callable, Iterable
 
 import ml_collections
@@ -44,9 +46,12 @@ def load_config(spec: str, config_package: str | None = None) -> ml_collections.
         if not path.is_file():
             raise ConfigError(f"Config file {name!r} does not exist.")
         module_spec = importlib.util.spec_from_file_location(f"_scenic_config_{path.stem}", path)
+        if module_spec is None:
+            raise ConfigError(f"Config file {name!r} is not a Python file.")
         module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
         where = str(path)
+        with config_file_errors(where):
+            module_spec.loader.exec_module(module)
     else:
         known = list_configs(config_package) if config_package else []
         if name not in known:
@@ -55,14 +60,36 @@ def load_config(spec: str, config_package: str | None = None) -> ml_collections.
                 f"Unknown config {name!r}.{hint} Known configs: {', '.join(known) or 'none'}; "
                 "or pass a path to a .py file."
             )
-        module = importlib.import_module(f"{config_package}.{name}")
+        with config_file_errors(f"{config_package}.{name}"):
+            module = importlib.import_module(f"{config_package}.{name}")
         where = module.__file__
     if not hasattr(module, "get_config"):
         raise ConfigError(f"Config file {where} has no get_config() function.")
-    config = module.get_config(arg) if arg else module.get_config()
+    with config_file_errors(where, "get_config()"):
+        config = module.get_config(arg) if arg else module.get_config()
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"get_config() in {where} must return an ml_collections.ConfigDict.")
     return config
+
+
+@contextlib.contextmanager
+def config_file_errors(where: str, what: str = "loading"):
+    """Turns an error raised while loading a config file (a syntax error, a failing import,
+    an exception in `get_config()`) into one ConfigError naming the file and line."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except SyntaxError as error:
+        raise ConfigError(
+            f"Config file {where} does not parse: {error.msg} (line {error.lineno})."
+        ) from None
+    except Exception as error:
+        frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename == where]
+        line = f" (line {frames[-1].lineno})" if frames else ""
+        raise ConfigError(
+            f"Config file {where}: {what} failed{line}: {type(error).__name__}: {error}"
+        ) from None
 
 
 def parse_override_value(text: str):

@@ -166,9 +166,14 @@ def build_audiovisual_digits(
     spec_freq_mask_max: int = 3,
     in_memory: bool = True,
     with_video_id: bool = False,
+    multi_label: bool = False,
+    num_test_clips: int = 1,
 ) -> video_dataset.VideoDataset:
     """Audio-visual digits for this host: inputs {'rgb': [B, 4, 16, 16, 1] in [-1, 1],
-    'spectrogram': [B, 16, 32, 1] log-mel} (the `modalities` asked for), 10 classes."""
+    'spectrogram': [B, 16, 32, 1] log-mel} (the `modalities` asked for), 10 classes.
+
+    `multi_label`: labels as multi-hot [10] floats (one-hot here: one digit per clip), for
+    sigmoid models and mAP. `num_test_clips`: views of the multi-view eval pass."""
     folder = prepare(data_dir)
     ds = audiovisual_dataset.build_audiovisual_tfrecord(
         batch_size=batch_size,
@@ -198,6 +203,8 @@ def build_audiovisual_digits(
         spec_freq_mask_max=spec_freq_mask_max,
         in_memory=in_memory,
         with_video_id=with_video_id,
+        multi_label=multi_label,
+        num_test_clips=num_test_clips,
         **STFT,
     )
     ds.meta_data.update(data_dir=folder)

@@ -46,12 +46,21 @@ def build_digits(
     image_size: int = 16,
     shift_pixels: int = 1,
     test_fraction: float = 0.2,
+    eval_on_train: bool = False,
 ) -> dataset_utils.Dataset:
-    """Builds the digits data set for this host (`process_index` of `process_count`)."""
-    import tensorflow as tf
+    """Builds the digits data set for this host (`process_index` of `process_count`).
 
+    `eval_on_train` adds the (unshifted) training images as an extra eval split, 'train',
+    reported beside the test split's metrics as `train/accuracy`, ...
+    """
     if image_size < 8:
         raise ValueError(f"digits image_size must be >= 8, got {image_size}.")
+    if shift_pixels < 0:
+        raise ValueError(f"digits shift_pixels must be >= 0, got {shift_pixels}.")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"digits test_fraction must be in (0, 1), got {test_fraction}.")
+    import tensorflow as tf
+
     train_x, train_y, test_x, test_y = load_split(image_size, test_fraction)
     host_batch = dataset_utils.host_batch_size(batch_size, process_count)
     host_eval_batch = dataset_utils.host_batch_size(
@@ -100,15 +109,18 @@ def build_digits(
         options.threading.max_intra_op_parallelism = 1
         return ds.with_options(options).as_numpy_iterator()
 
-    host_range = dataset_utils.host_eval_slice(len(test_y), process_index, process_count)
-    eval_arrays = {
-        "inputs": normalize(test_x[host_range.start : host_range.stop]),
-        "label": test_y[host_range.start : host_range.stop],
-    }
-    n_eval_batches = dataset_utils.num_eval_batches(len(test_y), host_eval_batch, process_count)
+    def eval_split(images, labels):
+        """(`() -> padded batches` of this host's slice, batches per pass)."""
+        host_range = dataset_utils.host_eval_slice(len(labels), process_index, process_count)
+        arrays = {
+            "inputs": normalize(images[host_range.start : host_range.stop]),
+            "label": labels[host_range.start : host_range.stop],
+        }
+        count = dataset_utils.num_eval_batches(len(labels), host_eval_batch, process_count)
+        return lambda: dataset_utils.padded_eval_batches(arrays, host_eval_batch, count), count
 
-    def eval_batches():
-        return dataset_utils.padded_eval_batches(eval_arrays, host_eval_batch, n_eval_batches)
+    eval_batches, n_eval_batches = eval_split(test_x, test_y)
+    extra_eval_splits = {"train": eval_split(train_x, train_y)[0]} if eval_on_train else {}
 
     meta_data = {
         "num_classes": NUM_CLASSES,
@@ -117,7 +129,9 @@ def build_digits(
         "num_train_examples": len(train_y),
         "num_eval_examples": len(test_y),
     }
-    return dataset_utils.Dataset(meta_data, train_batches, eval_batches, n_eval_batches)
+    return dataset_utils.Dataset(
+        meta_data, train_batches, eval_batches, n_eval_batches, extra_eval_splits=extra_eval_splits
+    )
 
 
 def normalize(images):

@@ -1,12 +1,16 @@
 """Orbax checkpoints of the train state, with a shape check before anything is restored.
 
 Orbax writes each checkpoint to a temporary directory and renames it when complete, so
-an interrupted write never replaces the last good checkpoint.
+an interrupted write never replaces the last good checkpoint. A checkpoint that cannot be
+read (damaged files) is reported by name and left alone: the run stops instead of starting
+over or writing over it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
+import sys
 
 import jax
 import numpy as np
@@ -65,7 +69,8 @@ class Checkpointer:
         does not match `target`.
         """
         step = self.latest_step() if step is None else step
-        stored = self._manager.item_metadata(step)
+        with self._unreadable(step):
+            stored = self._manager.item_metadata(step)
         stored_shapes = {k: tuple(getattr(v, "shape", ())) for k, v in _flat_meta(stored).items()}
         wanted = _flat(target)
         problems = []
@@ -88,7 +93,28 @@ class Checkpointer:
         abstract = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), target
         )
-        return self._manager.restore(step, args=self._ocp.args.StandardRestore(abstract))
+        with self._unreadable(step):
+            return self._manager.restore(step, args=self._ocp.args.StandardRestore(abstract))
+
+    @contextlib.contextmanager
+    def _unreadable(self, step: int):
+        """Any failure to read checkpoint `step` -> one CorruptCheckpointError naming it."""
+        try:
+            yield
+        except CheckpointMismatchError:
+            raise
+        except Exception as error:
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[-1]
+            reason = reason if len(reason) <= 300 else reason[:297] + "..."
+            others = [s for s in self._manager.all_steps() if s != step]
+            earlier = f" (other checkpoints here: steps {others})" if others else ""
+            ignore_late_read_callbacks()
+            self.close()  # the run cannot go on
+            raise CorruptCheckpointError(
+                f"Checkpoint {self.directory / str(step)} cannot be read ({reason}). "
+                f"Nothing was deleted or overwritten: move that folder away to resume from an "
+                f"earlier checkpoint{earlier}, or use a new --workdir."
+            ) from None
 
     def close(self) -> None:
         self._manager.close()
@@ -99,3 +125,19 @@ def _flat_meta(tree) -> dict:
         tree, is_leaf=lambda x: hasattr(x, "shape") and not isinstance(x, dict)
     )
     return {_path_name(path): leaf for path, leaf in flat}
+
+
+def ignore_late_read_callbacks() -> None:
+    """After a failed restore, TensorStore reads still in flight call back into Orbax's
+    event loop, which the failure already closed; Python would print each as an
+    'Exception ignored ... Event loop is closed' traceback under the one-line error. Only
+    that RuntimeError is dropped; every other unraisable exception is reported as before."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook

@@ -10,7 +10,7 @@ Model outputs are a dict:
   - `aux_outputs` (optional): a list of such dicts, one per earlier decoder layer; each is
     matched on its own and gets the same losses with the same weights.
 `batch['label']` is a dict: `labels` `[B, M]` int, `boxes` `[B, M, 4]` cxcywh and
-`target_mask` `[B, M]` (1 real target, 0 padding; all real if absent). Targets of examples
+`box_mask` `[B, M]` (1 real target, 0 padding; all real if absent). Targets of examples
 with `batch_mask` 0 never count. Padded targets may hold any label and box (even NaN).
 
 Normalisation: every loss term is a sum over the matched real targets (class term: over all
@@ -186,7 +186,7 @@ class DetectionModel(BaseModel):
         return terms, jnp.sum(valid).astype(jnp.float32)
 
     def loss_and_metrics(self, outputs, batch, model_params=None, axis_name=None):
-        """Both from one matching (what a detection trainer should call)."""
+        """Both from one matching per output dict: what the trainer calls every step."""
         terms, num_boxes = self.loss_terms(outputs, batch)
         local_total = terms["loss"]
         num_devices = 1.0
@@ -216,13 +216,13 @@ def targets_of(batch):
             f"got {labels.shape} and {boxes.shape}."
         )
     valid = jnp.ones(labels.shape, bool)
-    if label.get("target_mask") is not None:
-        if label["target_mask"].shape != labels.shape:
+    if label.get("box_mask") is not None:
+        if label["box_mask"].shape != labels.shape:
             raise ValueError(
-                f"DetectionModel: label['target_mask'] {label['target_mask'].shape} must match "
+                f"DetectionModel: label['box_mask'] {label['box_mask'].shape} must match "
                 f"label['labels'] {labels.shape}."
             )
-        valid = jnp.asarray(label["target_mask"]) > 0
+        valid = jnp.asarray(label["box_mask"]) > 0
     example_mask = jnp.ones(labels.shape[:1], bool)
     if batch.get("batch_mask") is not None:
         example_mask = jnp.asarray(batch["batch_mask"]) > 0
