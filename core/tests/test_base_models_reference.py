@@ -436,12 +436,9 @@ def run_pmap_cases() -> dict:
         model = compiled(name)[0]
         parts, _ = concatenated(name)
 
-        def step(outputs, batch, model=model):
-            if isinstance(model, base_models.DetectionModel):
-                loss = model.loss_function(outputs, batch, axis_name="d")
-            else:
-                loss = model.loss_function(outputs, batch)
-            return jax.lax.pmean(loss, "d"), model.get_metrics(outputs, batch, axis_name="d")
+        def step(outputs, batch, model=model):  # what the trainer does with every model
+            loss, metrics = model.loss_and_metrics(outputs, batch, axis_name="d")
+            return jax.lax.pmean(loss, "d"), metrics
 
         stacked = jax.tree.map(lambda *x: np.stack(x), *parts)
         loss, metrics = jax.device_get(jax.pmap(step, axis_name="d")(*stacked))
