@@ -1,0 +1,1 @@
+"""quadrants: a test project made of scenic's public API."""
