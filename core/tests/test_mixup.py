@@ -218,3 +218,81 @@ def test_config_errors_name_the_key():
         mx.from_config(ml_collections.ConfigDict({"mixup_alpha": 0.0}), K)
     with pytest.raises(ValueError, match="need num_classes"):
         mx.mix_batch(jax.random.key(0), make_batch(), num_classes=None, mixup_alpha=1.0)
+
+
+def av_batch(mask=(1, 1, 1, 1, 0, 0), seed=3):
+    """A dict of two modalities of different ranks (video [B, T, H, W, C], spectrogram)."""
+    rng = np.random.default_rng(seed)
+    size = len(mask)
+    return {
+        "inputs": {
+            "rgb": rng.normal(size=(size, 3, 4, 5, 2)).astype(np.float32),
+            "spectrogram": rng.normal(size=(size, 6, 7, 1)).astype(np.float32),
+        },
+        "label": rng.integers(0, K, size),
+        "batch_mask": np.asarray(mask, np.float32),
+    }
+
+
+def recovered_lambda(out, x, partner, real):
+    """lam from out = lam x + (1 - lam) x[partner], per real example (its mean over elements)."""
+    lam = (out[real] - x[partner][real]) / (x[real] - x[partner][real])
+    return lam.reshape(real.sum(), -1).mean(-1)
+
+
+def mixed_label_lambda(out_label, label, partner, real):
+    t = np.eye(K)[label]
+    own, other = t[real], t[partner][real]
+    differs = np.argmax(own, -1) != np.argmax(other, -1)
+    return (out_label[real][differs] * own[differs]).sum(-1), differs
+
+
+@pytest.mark.parametrize("per_modality", [False, True])
+def test_dict_inputs_mixup_shares_the_partner_and_lambda_or_draws_one_per_modality(per_modality):
+    batch = av_batch()
+    mask = batch["batch_mask"]
+    real = (mask > 0) & (reference_partner(mask) != np.arange(len(mask)))
+    partner = reference_partner(mask)
+    fn = jax.jit(
+        functools.partial(mx.mix_batch, num_classes=K, mixup_alpha=0.8, per_modality=per_modality)
+    )
+    out = jax.device_get(fn(jax.random.key(5), batch))
+    lams = {
+        name: recovered_lambda(np.float64(out["inputs"][name]), np.float64(x), partner, real)
+        for name, x in batch["inputs"].items()
+    }
+    for lam in lams.values():
+        np.testing.assert_allclose(lam, lam[0], rtol=1e-4)  # one lambda per batch
+    label_lam, differs = mixed_label_lambda(out["label"], batch["label"], partner, real)
+    assert differs.any()
+    mean_lam = np.mean([lam[0] for lam in lams.values()])
+    np.testing.assert_allclose(label_lam, mean_lam, rtol=1e-4)  # targets: the mean lambda
+    if per_modality:
+        assert abs(lams["rgb"][0] - lams["spectrogram"][0]) > 1e-3
+    else:
+        np.testing.assert_allclose(lams["rgb"][0], lams["spectrogram"][0], rtol=1e-4)
+        # Modality 0 (sorted keys: 'rgb') mixes exactly as a single array with that key.
+        alone = {**batch, "inputs": batch["inputs"]["rgb"]}
+        np.testing.assert_array_equal(
+            jax.device_get(fn(jax.random.key(5), alone))["inputs"], out["inputs"]["rgb"]
+        )
+    for name, x in batch["inputs"].items():  # padding pairs with itself: unchanged
+        np.testing.assert_allclose(out["inputs"][name][mask == 0], x[mask == 0], rtol=1e-6)
+
+
+def test_dict_inputs_cutmix_cuts_a_box_per_modality_and_averages_their_lambdas():
+    batch = av_batch(mask=(1, 1, 1, 1, 1, 1))
+    partner = reference_partner(batch["batch_mask"])
+    fn = jax.jit(functools.partial(mx.mix_batch, num_classes=K, cutmix_alpha=1.0))
+    out = jax.device_get(fn(jax.random.key(9), batch))
+    box_lams = []
+    for name, x in batch["inputs"].items():
+        y = out["inputs"][name]
+        assert np.all(is_pasted(y, x, partner))
+        pasted = np.all(y == x[partner], axis=(0, -1))  # the same box for every example
+        while pasted.ndim > 2:  # video: the same box for every frame
+            pasted = pasted.all(axis=0)
+        box_lams.append(1.0 - pasted.mean())
+    label_lam, differs = mixed_label_lambda(out["label"], batch["label"], partner, np.ones(6, bool))
+    assert differs.any()
+    np.testing.assert_allclose(label_lam, np.mean(box_lams), rtol=1e-5)
