@@ -193,3 +193,27 @@ def test_feature_sections_are_checked_before_training(tiny_vit_digits):
             "label_smoothing=0.1",
             "mixup={'mixup_alpha': 0.2, 'label_smoothing': 0.1}",
         )
+
+
+def test_extra_eval_split_is_reported_under_its_name(tmp_path, tiny_vit_digits):
+    from scenic.train_lib import trained_model
+
+    config, model_cls = resolved(tiny_vit_digits, "dataset_configs.eval_on_train=True")
+    dataset = runner.build_dataset(config)
+    result = trainer.train(model_cls=model_cls, dataset=dataset, config=config, workdir=tmp_path)
+    metrics = result.metrics
+    assert {"accuracy", "loss", "train/accuracy", "train/loss"} <= set(metrics)
+    # train/accuracy is the trained model's accuracy on the 1,437 (unshifted) train images.
+    loaded = trained_model.load_trained_model(model_cls, config, tmp_path)
+    batches = list(dataset.extra_eval_splits["train"]())
+    real = np.concatenate([b["batch_mask"] for b in batches]) > 0
+    images = np.concatenate([b["inputs"] for b in batches])[real]
+    labels = np.concatenate([b["label"] for b in batches])[real]
+    assert len(labels) == 1437
+    predicted = np.asarray(loaded(images)).argmax(-1)
+    assert metrics["train/accuracy"] == pytest.approx(np.mean(predicted == labels))
+    assert metrics["train/accuracy"] != metrics["accuracy"]
+    evaluated = trainer.evaluate_checkpoint(
+        model_cls=model_cls, dataset=dataset, config=config, workdir=tmp_path
+    )
+    assert evaluated["train/accuracy"] == pytest.approx(metrics["train/accuracy"])
