@@ -9,6 +9,7 @@ import pytest
 
 from scenic.common_lib import config_utils, runner
 from scenic.common_lib.debug_utils import count_parameters
+from scenic.model_lib import vit_encoder
 from scenic_baselines import vit
 from scenic_baselines.models import MODELS
 
@@ -94,7 +95,7 @@ def test_vit_rejects_unknown_classifier_and_bad_patch():
 
 def test_patch_embedding_equals_strided_convolution():
     images = jax.random.normal(jax.random.key(0), (2, 12, 8, 3))
-    embed = vit.PatchEmbedding((4, 2), 5)
+    embed = vit_encoder.PatchEmbedding((4, 2), 5)
     params = embed.init(jax.random.key(1), images)["params"]
     params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(2), p.shape), params)
     ours = embed.apply({"params": params}, images)

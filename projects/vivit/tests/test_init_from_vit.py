@@ -11,6 +11,7 @@ import pytest
 import scipy.ndimage
 from flax import traverse_util
 
+from scenic.model_lib import vit_encoder
 from scenic_baselines import vit
 from scenic_vivit import init_from_vit as ifv
 from scenic_vivit import model as vivit
@@ -141,7 +142,7 @@ def test_arp_coefficients_and_inflation():
     arp = ifv.inflate_kernel(kernel, 4, "arp")
     np.testing.assert_allclose(arp[0], kernel * (-29 / 12) / 4, rtol=1e-6)
     # A static clip through an ARP-inflated tubelet embeds to the bias alone.
-    embed = vivit.TubeletEmbedding((4, 4, 4), 5)
+    embed = vit_encoder.TubeletEmbedding((4, 4, 4), 5)
     bias = np.arange(5, dtype=np.float32)
     clip = jnp.repeat(jax.random.normal(jax.random.key(0), (1, 1, 8, 8, 3)), 4, axis=1)
     out = embed.apply({"params": {"kernel": arp, "bias": bias}}, clip)

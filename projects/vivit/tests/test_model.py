@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from scenic.model_lib import vit_encoder
 from scenic_baselines import vit
 from scenic_vivit import model as vivit
 
@@ -56,8 +57,8 @@ def test_every_variant_gives_logits_and_representations(variant, tokenizer):
     assert shapes.shape == (2, 7)
 
 
-# The two code paths that wrap blocks: vit.Encoder (models 1 and 2; model 2 has two) and
-# SpaceTimeEncoder (models 3 and 4, one wrapping for either block type).
+# Every variant's blocks are wrapped by vit_encoder.Encoder: plain blocks (models 1 and 2;
+# model 2 has two encoders) and factorised ones (models 3 and 4, via `block_kwargs`).
 @pytest.mark.parametrize("variant", ["factorised_encoder", "factorised_dot_product"])
 def test_remat_keeps_loss_and_gradients(variant):
     """remat=True recomputes every block (spatial, temporal and factorised ones) in the
@@ -129,7 +130,7 @@ def test_bad_settings_are_named():
 
 def test_tubelet_embedding_equals_3d_convolution():
     video = jax.random.normal(jax.random.key(0), (2, 6, 8, 12, 3))
-    embed = vivit.TubeletEmbedding((3, 4, 2), 5)
+    embed = vit_encoder.TubeletEmbedding((3, 4, 2), 5)
     params = random_params(embed, video)
     conv = nn.Conv(5, kernel_size=(3, 4, 2), strides=(3, 4, 2), padding="VALID")
     reference = jax.jit(conv.apply)({"params": params}, video)
@@ -236,13 +237,30 @@ def test_factorised_dot_product_attention_matches_numpy_reference():
     )
 
 
+def test_factorised_dot_product_block_has_the_vit_block_parameters():
+    """Model 4's block is the core ViT block with the factorised attention plugged in: the
+    same parameter tree, so a ViT block's weights load unchanged."""
+    x = jnp.zeros((1, 3, 4, 8))
+
+    def shapes(block):
+        return jax.eval_shape(lambda: block.init(jax.random.key(0), x))["params"]
+
+    plain = vit_encoder.EncoderBlock(mlp_dim=16, num_heads=2)
+    factorised = vit_encoder.EncoderBlock(
+        mlp_dim=16, num_heads=2, attention=vivit.FactorisedDotProductAttention
+    )
+    assert shapes(factorised) == shapes(plain)
+
+
 def test_factorised_dot_product_block_mixes_only_its_row_and_column():
     """After one model-4 block, token (t0, s0) has reached only tokens sharing its frame or
     its spatial position; models 1 and 3 reach every token in one block."""
     x = jax.random.normal(jax.random.key(0), (1, 3, 4, 8))
     # A random change (a constant one would vanish in the LayerNorm).
     changed = x.at[0, 1, 2].add(jax.random.normal(jax.random.key(9), (8,)))
-    block = vivit.FactorisedDotProductBlock(mlp_dim=16, num_heads=2)
+    block = vit_encoder.EncoderBlock(
+        mlp_dim=16, num_heads=2, attention=vivit.FactorisedDotProductAttention
+    )
     params = random_params(block, x)
     moved = np.abs(
         jax.jit(block.apply)({"params": params}, changed)

@@ -14,10 +14,12 @@ XLA:CPU runs far slower (the kernels keep the conv layouts `[p, p, C, D]` and
   4 'factorised_dot_product':     each block's heads split: half attend over time, half
                                   over space.
 
-Parameter names follow the original Scenic ViViT and the published ViT checkpoints
-(`embedding`, `cls`, `Transformer/posembed_input`, `encoderblock_i`, `head`), and the
-Transformer encoder and its blocks are the baseline ViT's, so image-ViT weights map onto
-ViViT one to one (see `init_from_vit`).
+The embeddings, the Transformer encoder and its blocks are the core's
+`scenic.model_lib.vit_encoder`, the image ViT's own: model 4's block is the ViT block with
+`FactorisedDotProductAttention` plugged in, and model 3's reuses its branches. Parameter
+names follow the original Scenic ViViT and the published ViT checkpoints (`embedding`,
+`cls`, `Transformer/posembed_input`, `encoderblock_i`, `head`), so image-ViT weights map
+onto ViViT one to one (see `init_from_vit`).
 """
 
 from __future__ import annotations
@@ -28,8 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from scenic.model_lib import layers
-from scenic_baselines import vit
+from scenic.model_lib import layers, vit_encoder
 
 VARIANTS = (
     "spatio_temporal",
@@ -49,37 +50,6 @@ def uniform_frame_indices(num_frames: int, num_sampled: int) -> np.ndarray:
             f"num_sampled_frames={num_sampled} must be in [1, {num_frames}] (frames in the clip)."
         )
     return ((np.arange(num_sampled) + 0.5) * num_frames / num_sampled).astype(np.int64)
-
-
-class TubeletEmbedding(nn.Module):
-    """Non-overlapping 3D patches -> linear projection: a stride-(t, p, p) 3D convolution.
-
-    The kernel has the conv layout `[t, p, p, C, D]`; the projection is one einsum.
-    """
-
-    patch_size: tuple[int, int, int]
-    hidden_size: int
-    dtype: jnp.dtype | None = None
-
-    @nn.compact
-    def __call__(self, video):
-        batch, frames, height, width, channels = video.shape
-        pt, ph, pw = self.patch_size
-        if frames % pt or height % ph or width % pw:
-            raise ValueError(
-                f"Video size {(frames, height, width)} (T, H, W) is not divisible by the "
-                f"tubelet size {(pt, ph, pw)}."
-            )
-        kernel = self.param(
-            "kernel",
-            nn.initializers.lecun_normal(in_axis=(0, 1, 2, 3), out_axis=4),
-            (pt, ph, pw, channels, self.hidden_size),
-        )
-        bias = self.param("bias", nn.initializers.zeros, (self.hidden_size,))
-        tubes = video.reshape(batch, frames // pt, pt, height // ph, ph, width // pw, pw, channels)
-        dtype = self.dtype or video.dtype
-        out = jnp.einsum("btihjwkc,ijkcd->bthwd", tubes.astype(dtype), kernel.astype(dtype))
-        return out + bias.astype(dtype)
 
 
 def _attend(query, key, value, dropout: nn.Dropout | None, deterministic: bool):
@@ -140,51 +110,12 @@ class FactorisedDotProductAttention(nn.Module):
         )(attended)
 
 
-class FactorisedDotProductBlock(nn.Module):
-    """Model 4's block: the ViT pre-LN block with factorised dot-product attention.
-
-    Parameter names are the ViT block's, so a ViT block's weights load unchanged."""
-
-    mlp_dim: int
-    num_heads: int
-    dropout_rate: float = 0.0
-    attention_dropout_rate: float = 0.0
-    stochastic_depth: float = 0.0
-    dtype: jnp.dtype | None = None
-
-    @nn.compact
-    def __call__(self, x, deterministic: bool = True):
-        y = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_0")(x)
-        y = FactorisedDotProductAttention(
-            self.num_heads,
-            self.attention_dropout_rate,
-            self.dtype,
-            name="MultiHeadDotProductAttention_1",
-        )(y, deterministic=deterministic)
-        y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
-        x = x + layers.StochasticDepth(self.stochastic_depth)(y, deterministic)
-        y = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_2")(x)
-        y = layers.MlpBlock(
-            mlp_dim=self.mlp_dim,
-            dropout_rate=self.dropout_rate,
-            dtype=self.dtype,
-            name="MlpBlock_3",
-        )(y, deterministic=deterministic)
-        return x + layers.StochasticDepth(self.stochastic_depth)(y, deterministic)
-
-
-class FactorisedSelfAttentionBlock(nn.Module):
+class FactorisedSelfAttentionBlock(vit_encoder.EncoderBlock):
     """Model 3's block on `[B, t, s, D]`: x + MSA_time(LN(x)), x + MSA_space(LN(x)) (in
     `attention_order`), then x + MLP(LN(x)); every residual branch has dropout and
-    stochastic depth."""
+    stochastic depth. The core block's branches, two attentions instead of one."""
 
-    mlp_dim: int
-    num_heads: int
     attention_order: str = "time_space"
-    dropout_rate: float = 0.0
-    attention_dropout_rate: float = 0.0
-    stochastic_depth: float = 0.0
-    dtype: jnp.dtype | None = None
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
@@ -200,70 +131,16 @@ class FactorisedSelfAttentionBlock(nn.Module):
                 y = x.transpose(0, 2, 1, 3).reshape(batch * space, time, width)
             else:  # tokens of one frame attend over space
                 y = x.reshape(batch * time, space, width)
-            y = nn.LayerNorm(dtype=self.dtype, name=f"LayerNorm_{axis}")(y)
-            y = layers.MultiHeadAttention(
-                num_heads=self.num_heads,
-                dropout_rate=self.attention_dropout_rate,
-                dtype=self.dtype,
-                name=f"MultiHeadDotProductAttention_{axis}",
-            )(y, deterministic=deterministic)
-            y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+            y = self.attention_branch(
+                y, deterministic, f"LayerNorm_{axis}", f"MultiHeadDotProductAttention_{axis}"
+            )
             if axis == "time":
                 y = y.reshape(batch, space, time, width).transpose(0, 2, 1, 3)
             else:
                 y = y.reshape(batch, time, space, width)
             x = x + drop_path(y, deterministic)
-        y = nn.LayerNorm(dtype=self.dtype, name="LayerNorm_mlp")(x)
-        y = layers.MlpBlock(
-            mlp_dim=self.mlp_dim,
-            dropout_rate=self.dropout_rate,
-            dtype=self.dtype,
-            name="MlpBlock",
-        )(y, deterministic=deterministic)
+        y = self.mlp_branch(x, deterministic, "LayerNorm_mlp", "MlpBlock")
         return x + drop_path(y, deterministic)
-
-
-class SpaceTimeEncoder(nn.Module):
-    """Models 3 and 4: the ViT encoder (learned position embedding over all t*s tokens,
-    dropout, blocks, final LayerNorm) with factorised blocks on `[B, t, s, D]` tokens."""
-
-    block: str  # 'factorised_self_attention' or 'factorised_dot_product'
-    num_layers: int
-    mlp_dim: int
-    num_heads: int
-    attention_order: str = "time_space"
-    dropout_rate: float = 0.0
-    attention_dropout_rate: float = 0.0
-    stochastic_depth: float = 0.0
-    remat: bool = False
-    dtype: jnp.dtype | None = None
-
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        batch, time, space, width = x.shape
-        x = layers.AddLearnedPositionEmbedding(name="posembed_input")(
-            x.reshape(batch, time * space, width)
-        ).reshape(x.shape)
-        x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-        for i in range(self.num_layers):
-            kwargs = dict(
-                mlp_dim=self.mlp_dim,
-                num_heads=self.num_heads,
-                dropout_rate=self.dropout_rate,
-                attention_dropout_rate=self.attention_dropout_rate,
-                stochastic_depth=self.stochastic_depth * i / max(self.num_layers - 1, 1),
-                dtype=self.dtype,
-                name=f"encoderblock_{i}",
-            )
-            if self.block == "factorised_self_attention":
-                block_cls = FactorisedSelfAttentionBlock
-                kwargs["attention_order"] = self.attention_order
-            else:
-                block_cls = FactorisedDotProductBlock
-            if self.remat:
-                block_cls = vit.rematerialised(block_cls)
-            x = block_cls(**kwargs)(x, not train)
-        return nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x)
 
 
 class ViViT(nn.Module):
@@ -344,25 +221,23 @@ class ViViT(nn.Module):
 
     def _tokenize(self, video):
         if self.tokenizer == "tubelet":
-            return TubeletEmbedding(
+            return vit_encoder.TubeletEmbedding(
                 tuple(self.patch_size), self.hidden_size, self.dtype, name="embedding"
             )(video)
         batch, frames, height, width, channels = video.shape
         if self.num_sampled_frames:
             video = video[:, uniform_frame_indices(frames, self.num_sampled_frames)]
         frames = video.shape[1]
-        x = vit.PatchEmbedding(
+        x = vit_encoder.PatchEmbedding(
             tuple(self.patch_size[1:]), self.hidden_size, self.dtype, name="embedding"
         )(video.reshape(batch * frames, height, width, channels))
         return x.reshape(batch, frames, *x.shape[1:])
 
-    def _encoder(self, name: str, num_layers: int):
-        return vit.Encoder(
+    def _encoder(self, name: str, num_layers: int, **blocks):
+        return vit_encoder.Encoder(
             num_layers=num_layers,
             mlp_dim=self.mlp_dim,
             num_heads=self.num_heads,
-            posemb="learned",
-            posemb_grid=(0, 0),  # only used by fixed sin-cos embeddings
             has_cls_token=self.classifier == "token",
             dropout_rate=self.dropout_rate,
             attention_dropout_rate=self.attention_dropout_rate,
@@ -370,15 +245,15 @@ class ViViT(nn.Module):
             remat=self.remat,
             dtype=self.dtype,
             name=name,
+            **blocks,
         )
 
     def _encode_sequence(self, x, encoder_name: str, cls_name: str, num_layers: int, train):
         """[N, L, D] tokens -> class token (prepended) or average after the encoder: [N, D]."""
         if self.classifier == "token":
-            cls = self.param(cls_name, nn.initializers.zeros, (1, 1, x.shape[-1])).astype(x.dtype)
-            x = jnp.concatenate([jnp.tile(cls, (x.shape[0], 1, 1)), x], axis=1)
+            x = vit_encoder.add_class_token(self, x, cls_name)
         x = self._encoder(encoder_name, num_layers)(x, train=train)
-        return x[:, 0] if self.classifier == "token" else jnp.mean(x, axis=1)
+        return vit_encoder.pool(x, self.classifier)
 
     @nn.compact
     def __call__(self, video, *, train: bool = False):
@@ -411,31 +286,23 @@ class ViViT(nn.Module):
                 train,
             )
         else:
-            x = SpaceTimeEncoder(
-                block=self.variant,
-                num_layers=self.num_layers,
-                mlp_dim=self.mlp_dim,
-                num_heads=self.num_heads,
-                attention_order=self.attention_order,
-                dropout_rate=self.dropout_rate,
-                attention_dropout_rate=self.attention_dropout_rate,
-                stochastic_depth=self.stochastic_depth,
-                remat=self.remat,
-                dtype=self.dtype,
-                name="Transformer",
-            )(x.reshape(batch, time, grid_h * grid_w, width), train=train)
-            x = jnp.mean(x, axis=(1, 2))
-        if self.representation_size:
-            x = nn.tanh(nn.Dense(self.representation_size, name="pre_logits")(x))
-        if not self.num_classes:
-            return x
-        head = nn.Dense(
+            if self.variant == "factorised_self_attention":
+                blocks = dict(
+                    block=FactorisedSelfAttentionBlock,
+                    block_kwargs={"attention_order": self.attention_order},
+                )
+            else:
+                blocks = dict(block_kwargs={"attention": FactorisedDotProductAttention})
+            x = self._encoder("Transformer", self.num_layers, **blocks)(
+                x.reshape(batch, time, grid_h * grid_w, width), train=train
+            )
+            x = vit_encoder.pool(x, "gap")
+        return vit_encoder.classification_head(
+            x,
             self.num_classes,
-            kernel_init=nn.initializers.zeros,
-            bias_init=nn.initializers.constant(self.head_bias_init),
-            name="head",
+            representation_size=self.representation_size,
+            bias_init=self.head_bias_init,
         )
-        return head(x).astype(jnp.float32)
 
 
 def build_vivit(model_config: ml_collections.ConfigDict, num_classes: int | None) -> ViViT:

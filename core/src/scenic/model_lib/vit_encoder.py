@@ -1,0 +1,284 @@
+"""The ViT encoder, in the core so that the image ViT and ViViT share one copy of it.
+
+Patch and tubelet embeddings, the pre-LN block with a pluggable attention module, the
+encoder, pooling (class token, average, MAP) and the classification head: a fix here
+reaches every model built from them. Parameter names are the published ViT checkpoints'
+(`embedding`, `cls`, `posembed_input`, `encoderblock_i/{LayerNorm_0,
+MultiHeadDotProductAttention_1, LayerNorm_2, MlpBlock_3}`, `encoder_norm`, `MAPHead_0`,
+`pre_logits`, `head`), so pretrained weights load one to one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+from flax.core import FrozenDict
+
+from scenic.model_lib import layers
+
+POOLINGS = ("token", "gap", "map")
+
+
+class PatchEmbedding(nn.Module):
+    """Non-overlapping patches -> linear projection: a stride-`patch` convolution.
+
+    Written as reshape + matmul, which XLA:CPU runs far faster than `nn.Conv` on small
+    images; the kernel keeps the conv layout `[ph, pw, C, D]` of published checkpoints.
+    """
+
+    patch_size: tuple[int, int]
+    hidden_size: int
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, images):
+        batch, height, width, channels = images.shape
+        ph, pw = self.patch_size
+        if height % ph or width % pw:
+            raise ValueError(
+                f"Image size {(height, width)} is not divisible by patch size {(ph, pw)}."
+            )
+        kernel = self.param(
+            "kernel",
+            nn.initializers.lecun_normal(in_axis=(0, 1, 2), out_axis=3),
+            (ph, pw, channels, self.hidden_size),
+        )
+        bias = self.param("bias", nn.initializers.zeros, (self.hidden_size,))
+        patches = images.reshape(batch, height // ph, ph, width // pw, pw, channels)
+        dtype = self.dtype or images.dtype
+        out = jnp.einsum("bhpwqc,pqcd->bhwd", patches.astype(dtype), kernel.astype(dtype))
+        return out + bias.astype(dtype)
+
+
+class TubeletEmbedding(nn.Module):
+    """Non-overlapping 3D patches -> linear projection: a stride-(t, p, p) 3D convolution.
+
+    The kernel has the conv layout `[t, p, p, C, D]`; the projection is one einsum.
+    """
+
+    patch_size: tuple[int, int, int]
+    hidden_size: int
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, video):
+        batch, frames, height, width, channels = video.shape
+        pt, ph, pw = self.patch_size
+        if frames % pt or height % ph or width % pw:
+            raise ValueError(
+                f"Video size {(frames, height, width)} (T, H, W) is not divisible by the "
+                f"tubelet size {(pt, ph, pw)}."
+            )
+        kernel = self.param(
+            "kernel",
+            nn.initializers.lecun_normal(in_axis=(0, 1, 2, 3), out_axis=4),
+            (pt, ph, pw, channels, self.hidden_size),
+        )
+        bias = self.param("bias", nn.initializers.zeros, (self.hidden_size,))
+        tubes = video.reshape(batch, frames // pt, pt, height // ph, ph, width // pw, pw, channels)
+        dtype = self.dtype or video.dtype
+        out = jnp.einsum("btihjwkc,ijkcd->bthwd", tubes.astype(dtype), kernel.astype(dtype))
+        return out + bias.astype(dtype)
+
+
+class EncoderBlock(nn.Module):
+    """Pre-LN Transformer block: x + SD(Dropout(Attn(LN(x)))), then x + SD(MLP(LN(x))).
+
+    `attention` is the attention module's class (or any callable building it): it is built
+    with `num_heads`, `dropout_rate`, `dtype` and `name`, and called as
+    `(y, deterministic=...)`. Any module with `layers.MultiHeadAttention`'s parameters
+    (ViViT's factorised dot-product attention, for one) keeps a ViT block's parameter tree.
+    `attention_branch` and `mlp_branch` are the two residual branches before stochastic
+    depth, for blocks that arrange them differently.
+    """
+
+    mlp_dim: int
+    num_heads: int
+    dropout_rate: float = 0.0
+    attention_dropout_rate: float = 0.0
+    stochastic_depth: float = 0.0
+    dtype: jnp.dtype | None = None
+    attention: Callable[..., nn.Module] = layers.MultiHeadAttention
+
+    def attention_branch(self, x, deterministic: bool, norm_name: str, attention_name: str):
+        """Dropout(Attn(LN(x)))."""
+        y = nn.LayerNorm(dtype=self.dtype, name=norm_name)(x)
+        y = self.attention(
+            num_heads=self.num_heads,
+            dropout_rate=self.attention_dropout_rate,
+            dtype=self.dtype,
+            name=attention_name,
+        )(y, deterministic=deterministic)
+        return nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+
+    def mlp_branch(self, x, deterministic: bool, norm_name: str, mlp_name: str):
+        """MLP(LN(x)) (the MLP has its own dropout)."""
+        y = nn.LayerNorm(dtype=self.dtype, name=norm_name)(x)
+        return layers.MlpBlock(
+            mlp_dim=self.mlp_dim,
+            dropout_rate=self.dropout_rate,
+            dtype=self.dtype,
+            name=mlp_name,
+        )(y, deterministic=deterministic)
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool = True):
+        y = self.attention_branch(x, deterministic, "LayerNorm_0", "MultiHeadDotProductAttention_1")
+        x = x + layers.StochasticDepth(self.stochastic_depth)(y, deterministic)
+        y = self.mlp_branch(x, deterministic, "LayerNorm_2", "MlpBlock_3")
+        return x + layers.StochasticDepth(self.stochastic_depth)(y, deterministic)
+
+
+def rematerialised(block_cls: type[nn.Module]) -> type[nn.Module]:
+    """`block_cls` whose activations are recomputed in the backward pass instead of kept.
+
+    Trades one more forward pass of the block for activation memory that no longer grows
+    with the number of layers (where the compiler exploits it: XLA:CPU was measured not to);
+    parameter names are unchanged, so checkpoints load either way. The block must take
+    `(x, deterministic)` positionally: `deterministic` (argument 2, after the module itself)
+    is static.
+    """
+    return nn.remat(block_cls, static_argnums=(2,))
+
+
+class Encoder(nn.Module):
+    """Position embedding, dropout, `num_layers` blocks and a final LayerNorm.
+
+    Tokens are `[B, L, D]`, or a grid `[B, ..., D]` (ViViT's `[B, t, s, D]`) that the blocks
+    see as it is and the position embedding sees flattened to `[B, L, D]`. Block i is
+    `block(mlp_dim, num_heads, dropout_rate, attention_dropout_rate, stochastic_depth,
+    dtype, **block_kwargs)`, named `encoderblock_i`, with a drop-path rate of i/(L-1) of
+    `stochastic_depth`.
+
+    Attributes:
+      posemb: 'learned' or 'sincos2d' (fixed; needs `posemb_grid`, the (h, w) patch grid).
+      has_cls_token: the first token is a class token (no sin-cos embedding is added to it).
+      remat: recompute each block's activations in the backward pass (`rematerialised`).
+      block, block_kwargs: the block's class and its extra constructor arguments (e.g.
+        `{"attention": SomeAttention}` for `EncoderBlock`).
+    """
+
+    num_layers: int
+    mlp_dim: int
+    num_heads: int
+    posemb: str = "learned"
+    posemb_grid: tuple[int, int] | None = None
+    has_cls_token: bool = False
+    dropout_rate: float = 0.0
+    attention_dropout_rate: float = 0.0
+    stochastic_depth: float = 0.0
+    remat: bool = False
+    dtype: jnp.dtype | None = None
+    block: type[nn.Module] = EncoderBlock
+    block_kwargs: Mapping[str, Any] = FrozenDict()
+
+    def __post_init__(self):
+        self.block_kwargs = FrozenDict(self.block_kwargs)  # a Flax module must hash
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        shape = x.shape
+        x = x.reshape(shape[0], -1, shape[-1])
+        if self.posemb == "learned":
+            x = layers.AddLearnedPositionEmbedding(name="posembed_input")(x)
+        elif self.posemb == "sincos2d":
+            if self.posemb_grid is None:
+                raise ValueError("posemb='sincos2d' needs posemb_grid, the (h, w) patch grid.")
+            table = layers.sincos_position_embedding_2d(*self.posemb_grid, shape[-1])
+            if self.has_cls_token:
+                table = jnp.concatenate([jnp.zeros_like(table[:, :1]), table], axis=1)
+            x = x + table.astype(x.dtype)
+        else:
+            raise ValueError(f"ViT posemb must be 'learned' or 'sincos2d', got {self.posemb!r}.")
+        x = nn.Dropout(self.dropout_rate)(x.reshape(shape), deterministic=not train)
+        block = rematerialised(self.block) if self.remat else self.block
+        for i in range(self.num_layers):
+            x = block(
+                mlp_dim=self.mlp_dim,
+                num_heads=self.num_heads,
+                dropout_rate=self.dropout_rate,
+                attention_dropout_rate=self.attention_dropout_rate,
+                stochastic_depth=self.stochastic_depth * i / max(self.num_layers - 1, 1),
+                dtype=self.dtype,
+                name=f"encoderblock_{i}",
+                **self.block_kwargs,
+            )(x, not train)
+        return nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x)
+
+
+class MAPHead(nn.Module):
+    """Multi-head attention pooling: a learned probe attends over the tokens."""
+
+    num_heads: int
+    mlp_dim: int
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x):
+        probe = self.param("probe", nn.initializers.xavier_uniform(), (1, 1, x.shape[-1]))
+        probe = jnp.tile(probe.astype(x.dtype), (x.shape[0], 1, 1))
+        x = layers.MultiHeadAttention(num_heads=self.num_heads, dtype=self.dtype)(probe, x)
+        y = nn.LayerNorm(dtype=self.dtype)(x)
+        x = x + layers.MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype)(y)
+        return x[:, 0]
+
+
+def add_class_token(module: nn.Module, x, name: str = "cls"):
+    """Prepends a learned class token to `[B, L, D]` tokens: `[B, 1 + L, D]`.
+
+    The token is the zero-initialised parameter `name` of `module`, the calling module (call
+    this from its compact method), so checkpoints keep it at `<module>/cls`.
+    """
+    cls = module.param(name, nn.initializers.zeros, (1, 1, x.shape[-1])).astype(x.dtype)
+    return jnp.concatenate([jnp.tile(cls, (x.shape[0], 1, 1)), x], axis=1)
+
+
+def pool(
+    x,
+    classifier: str,
+    *,
+    num_heads: int | None = None,
+    mlp_dim: int | None = None,
+    dtype: jnp.dtype | None = None,
+):
+    """Encoder output `[B, ..., D]` -> `[B, D]`, by `classifier` (one of POOLINGS).
+
+    'token': the class token `add_class_token` prepended; 'gap': the mean over every token
+    axis; 'map': a `MAPHead` (of `num_heads` and `mlp_dim`) named `MAPHead_0` in the calling
+    module (call this from its compact method).
+    """
+    if classifier == "token":
+        return x[:, 0]
+    if classifier == "gap":
+        return jnp.mean(x, axis=tuple(range(1, x.ndim - 1)))
+    if classifier == "map":
+        if num_heads is None or mlp_dim is None:
+            raise ValueError("MAP pooling needs num_heads and mlp_dim.")
+        return MAPHead(num_heads, mlp_dim, dtype, name="MAPHead_0")(x)
+    raise ValueError(f"classifier must be one of {POOLINGS}, got {classifier!r}.")
+
+
+def classification_head(
+    x, num_classes: int | None, *, representation_size: int | None = None, bias_init=0.0
+):
+    """Pooled `[B, D]` -> float32 logits `[B, num_classes]`, in the calling module.
+
+    An optional pre-logits Dense + tanh of `representation_size` (`pre_logits`), then the
+    zero-initialised Dense `head` with bias `bias_init` (-10 for multi-label). With no
+    `num_classes` (0 or None) it returns the (pre-logits) representation instead.
+    """
+    if representation_size:
+        x = nn.tanh(nn.Dense(representation_size, name="pre_logits")(x))
+    if not num_classes:
+        return x
+    head = nn.Dense(
+        num_classes,
+        kernel_init=nn.initializers.zeros,
+        bias_init=nn.initializers.constant(bias_init),
+        name="head",
+    )
+    return head(x).astype(jnp.float32)
