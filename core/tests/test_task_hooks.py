@@ -383,12 +383,19 @@ def detection_data(tmp_path_factory):
     return prepare_digits_detection(tmp_path_factory.mktemp("digits_detection"))
 
 
-def test_detection_matches_once_per_output_per_step(tmp_path, detection_data):
+@pytest.fixture(scope="module")
+def one_device_detection(tmp_path_factory, detection_data):
+    """(result, data set, matcher runs) of 3 steps and the final eval on one device."""
     MATCHINGS["count"] = 0
-    result, dataset = train_detection(tmp_path, "detection", detection_data, steps=3)
+    result, dataset = train_detection(tmp_path_factory.mktemp("one"), "detection", detection_data)
     jax.effects_barrier()
+    return result, dataset, MATCHINGS["count"]
+
+
+def test_detection_matches_once_per_output_per_step(one_device_detection):
+    result, dataset, matchings = one_device_detection
     outputs = 2  # the final output and one auxiliary output, each matched on its own
-    assert MATCHINGS["count"] == outputs * (3 + dataset.num_eval_batches)
+    assert matchings == outputs * (3 + dataset.num_eval_batches)
     for name in ("loss", "loss_class", "loss_bbox", "loss_giou", "loss_class_aux0"):
         assert np.isfinite(result.metrics[name]), name
 
@@ -412,9 +419,9 @@ def two_device_detection(tmp_path_factory, detection_data):
 
 
 def test_detection_two_devices_equal_one_at_the_same_global_batch(
-    tmp_path, detection_data, two_device_detection
+    detection_data, one_device_detection, two_device_detection
 ):
-    result, dataset = train_detection(tmp_path, "detection", detection_data)
+    result, dataset, _ = one_device_detection
     one = flat_params(result.state["params"])
     config, model_cls = resolved(**detection_config("detection", detection_data, 3))
     model, _ = trainer.build_model(model_cls, config, dataset.meta_data)
