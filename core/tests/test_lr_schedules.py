@@ -66,3 +66,20 @@ def test_unknown_factor_and_key_are_errors():
         compound_schedule(
             ml_collections.ConfigDict({"factors": "cosine_decay", "warmup_steps": 10}), 10
         )
+
+
+def test_piecewise_constant_decays_at_each_event_cumulatively():
+    config = ml_collections.ConfigDict(
+        {
+            "factors": "constant * piecewise_constant",
+            "base_learning_rate": 1e-4,
+            "decay_events": (200, 300),
+            "decay_factors": (0.1, 0.5),
+        }
+    )
+    schedule = compound_schedule(config, 400)
+    for step, expected in ((0, 1e-4), (199, 1e-4), (200, 1e-5), (299, 1e-5), (300, 5e-6)):
+        np.testing.assert_allclose(float(schedule(step)), expected, rtol=1e-6)
+    config.decay_factors = (0.1,)
+    with pytest.raises(ConfigError, match="one factor per event"):
+        compound_schedule(config, 400)

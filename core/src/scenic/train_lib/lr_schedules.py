@@ -3,6 +3,9 @@
 `config.lr_configs.factors = 'constant * linear_warmup * cosine_decay'` multiplies
 `base_learning_rate` by a linear warmup over `warmup_steps` and a cosine decay that
 reaches `end_factor` of the peak at `steps_per_cycle` (default: the run's last step).
+`piecewise_constant` multiplies by `decay_factors[i]` from step `decay_events[i]` on
+(cumulatively, as DETR's x0.1 at epoch 200: `decay_events=(200 * steps_per_epoch,)`,
+`decay_factors=(0.1,)`).
 """
 
 from __future__ import annotations
@@ -14,8 +17,23 @@ import ml_collections
 
 from scenic.common_lib.config_utils import ConfigError, check_keys
 
-FACTORS = ("constant", "linear_warmup", "rsqrt_decay", "linear_decay", "cosine_decay")
-KEYS = ("factors", "base_learning_rate", "warmup_steps", "steps_per_cycle", "end_factor")
+FACTORS = (
+    "constant",
+    "linear_warmup",
+    "rsqrt_decay",
+    "linear_decay",
+    "cosine_decay",
+    "piecewise_constant",
+)
+KEYS = (
+    "factors",
+    "base_learning_rate",
+    "warmup_steps",
+    "steps_per_cycle",
+    "end_factor",
+    "decay_events",
+    "decay_factors",
+)
 
 
 def compound_schedule(
@@ -38,6 +56,15 @@ def compound_schedule(
         raise ConfigError(
             f"lr_configs.steps_per_cycle ({cycle}) must exceed warmup_steps ({warmup})."
         )
+    events = tuple(int(e) for e in lr_configs.get("decay_events", ()) or ())
+    decays = tuple(float(f) for f in lr_configs.get("decay_factors", ()) or ())
+    if "piecewise_constant" in factors and (
+        len(events) != len(decays) or list(events) != sorted(events) or min(events, default=1) < 1
+    ):
+        raise ConfigError(
+            "lr_configs.decay_events (increasing steps >= 1) and lr_configs.decay_factors "
+            f"must have one factor per event; got {events} and {decays}."
+        )
 
     def schedule(step):
         step = jnp.asarray(step, jnp.float32)
@@ -55,6 +82,9 @@ def compound_schedule(
             elif factor == "cosine_decay":
                 cosine = 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
                 lr = lr * (end_factor + (1.0 - end_factor) * cosine)
+            elif factor == "piecewise_constant":
+                for event, decay in zip(events, decays):
+                    lr = lr * jnp.where(step >= event, decay, 1.0)
         return lr
 
     return schedule
