@@ -17,6 +17,7 @@ _BUILTIN = {
     "cifar10": "scenic.dataset_lib.tfds_classification:build_cifar10",
     "cifar100": "scenic.dataset_lib.tfds_classification:build_cifar100",
     "coco": "scenic.dataset_lib.detection_dataset:build_coco_detection",
+    "coco_json": "scenic.dataset_lib.coco_json:build_coco_json",
     "digits": "scenic.dataset_lib.digits_dataset:build_digits",
     "digits_detection": "scenic.dataset_lib.digits_detection:build_digits_detection",
     "fashion_mnist": "scenic.dataset_lib.tfds_classification:build_fashion_mnist",

@@ -34,6 +34,9 @@ The randomness is a function of (seed, host, position in the host's stream), so
 `train_batches(start_step)` is the same stream resumed. Resuming skips `start_step`
 batches by reading them, as in `tfds_classification`. Eval: resize the longer side to S,
 pad, and pad to full batches with `batch_mask` (every host yields `num_eval_batches`).
+
+`coco_json` makes the same batches from COCO annotation files with these functions
+(`clean_objects`, `train_transform`, `eval_transform`, `padded_eval_batches`).
 """
 
 from __future__ import annotations
@@ -68,7 +71,6 @@ def decode_example(example: dict, image_feature) -> dict:
 
     objects = example["objects"]
     boxes = tf.reshape(tf.cast(objects["bbox"], tf.float32), [-1, 4])
-    boxes = tf.clip_by_value(boxes, 0.0, 1.0)
     num = tf.shape(boxes)[0]
     image = image_feature.decode_example(example["image"])
     decoded = {
@@ -87,7 +89,15 @@ def decode_example(example: dict, image_feature) -> dict:
     for key in CATEGORY_LIST_KEYS:
         if key in example:
             decoded[key] = tf.cast(example[key], tf.int32)
-    return keep_objects(decoded, has_area(boxes))
+    return clean_objects(decoded)
+
+
+def clean_objects(example: dict) -> dict:
+    """Clips the normalised yxyx `boxes` to the image and drops the objects without area."""
+    import tensorflow as tf
+
+    boxes = tf.clip_by_value(example["boxes"], 0.0, 1.0)
+    return keep_objects({**example, "boxes": boxes}, has_area(boxes))
 
 
 def flip_left_right(image, boxes):
@@ -167,6 +177,70 @@ def pad_to_canvas(image, example: dict, image_size: int, max_boxes: int, num_cla
     }
 
 
+def train_transform(
+    example: dict,
+    u,
+    *,
+    image_size: int,
+    max_boxes: int,
+    num_classes: int,
+    min_scale: float,
+    max_scale: float,
+    flip: bool,
+) -> dict:
+    """Train augmentation of a decoded example (`decode_example`'s layout) -> padded example.
+
+    `u` holds 4 uniform numbers in [0, 1) (flip, scale, crop top, crop left), so the caller
+    decides where the randomness comes from. Random horizontal flip, the longer side resized
+    to `image_size` times a scale in [min_scale, max_scale], a random crop of at most
+    `image_size` x `image_size`, then `pad_to_canvas`.
+    """
+    import tensorflow as tf
+
+    image, boxes = example["image"], example["boxes"]
+    if flip:
+        image, boxes = tf.cond(
+            u[0] < 0.5, lambda: flip_left_right(image, boxes), lambda: (image, boxes)
+        )
+    scale = min_scale + u[1] * (max_scale - min_scale)
+    image = resize_longer_side(image, image_size * scale)
+    hw = tf.shape(image)[:2]
+    crop_hw = tf.minimum(hw, image_size)
+    top_left = tf.cast(tf.floor(u[2:] * tf.cast(hw - crop_hw + 1, tf.float32)), tf.int32)
+    top_left = tf.minimum(top_left, hw - crop_hw)
+    image, boxes, keep = crop(image, boxes, top_left[0], top_left[1], crop_hw[0], crop_hw[1])
+    example = keep_objects({**example, "boxes": boxes}, keep)
+    return pad_to_canvas(image, example, image_size, max_boxes, num_classes)
+
+
+def eval_transform(example: dict, image_size: int, max_boxes: int, num_classes: int) -> dict:
+    """A decoded example resized (longer side to `image_size`) onto the canvas, batch_mask 1."""
+    import tensorflow as tf
+
+    image = resize_longer_side(example["image"], image_size)
+    batch = pad_to_canvas(image, example, image_size, max_boxes, num_classes)
+    return {**batch, "batch_mask": tf.constant(1.0, tf.float32)}
+
+
+def padded_eval_batches(ds, host_batch: int, num_batches: int):
+    """NumPy batches of the `eval_transform`ed examples of `ds`, then all-zero examples
+    (`batch_mask` 0) up to `num_batches` full batches of `host_batch`."""
+    import tensorflow as tf
+
+    padding = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), ds.element_spec)
+    padding = tf.data.Dataset.from_tensors(padding).repeat()
+    ds = ds.concatenate(padding).take(num_batches * host_batch)
+    return ds.batch(host_batch).prefetch(2).as_numpy_iterator()
+
+
+def check_shape_args(image_size: int, max_boxes: int, min_scale: float, max_scale: float):
+    """Raises ValueError for canvas / box-count / scale-jitter arguments out of range."""
+    if image_size < 1 or max_boxes < 1:
+        raise ValueError(f"image_size and max_boxes must be >= 1, got {image_size}, {max_boxes}.")
+    if not 0 < min_scale <= max_scale:
+        raise ValueError(f"Need 0 < min_scale <= max_scale, got {min_scale}, {max_scale}.")
+
+
 def split_size(info, split: str, tfds_name: str) -> int:
     try:
         return info.splits[split].num_examples
@@ -200,10 +274,7 @@ def build_coco_detection(
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
-    if image_size < 1 or max_boxes < 1:
-        raise ValueError(f"image_size and max_boxes must be >= 1, got {image_size}, {max_boxes}.")
-    if not 0 < min_scale <= max_scale:
-        raise ValueError(f"Need 0 < min_scale <= max_scale, got {min_scale}, {max_scale}.")
+    check_shape_args(image_size, max_boxes, min_scale, max_scale)
     builder = load_builder(tfds_name, data_dir, hint)
     info = builder.info
     label_feature = info.features["objects"]["label"]
@@ -224,26 +295,19 @@ def build_coco_detection(
     # Plain TF code without Python control flow on tensors: skip autograph (faster tracing).
     no_autograph = tf.autograph.experimental.do_not_convert
 
-    def finish(image, example):
-        return pad_to_canvas(image, example, image_size, max_boxes, num_classes)
-
     def train_example(index, example):
-        example = decode(example)
         stream_seed = tf.stack([tf.cast(seed, tf.int64), index * process_count + process_index])
         u = tf.random.stateless_uniform([4], seed=stream_seed)
-        image, boxes = example["image"], example["boxes"]
-        if flip:
-            image, boxes = tf.cond(
-                u[0] < 0.5, lambda: flip_left_right(image, boxes), lambda: (image, boxes)
-            )
-        scale = min_scale + u[1] * (max_scale - min_scale)
-        image = resize_longer_side(image, image_size * scale)
-        hw = tf.shape(image)[:2]
-        crop_hw = tf.minimum(hw, image_size)
-        top_left = tf.cast(tf.floor(u[2:] * tf.cast(hw - crop_hw + 1, tf.float32)), tf.int32)
-        top_left = tf.minimum(top_left, hw - crop_hw)
-        image, boxes, keep = crop(image, boxes, top_left[0], top_left[1], crop_hw[0], crop_hw[1])
-        return finish(image, keep_objects({**example, "boxes": boxes}, keep))
+        return train_transform(
+            decode(example),
+            u,
+            image_size=image_size,
+            max_boxes=max_boxes,
+            num_classes=num_classes,
+            min_scale=min_scale,
+            max_scale=max_scale,
+            flip=flip,
+        )
 
     host_train_split = tfds.even_splits(train_split, process_count, drop_remainder=True)[
         process_index
@@ -266,17 +330,12 @@ def build_coco_detection(
     ]
 
     def eval_example(example):
-        example = decode(example)
-        batch = finish(resize_longer_side(example["image"], image_size), example)
-        return {**batch, "batch_mask": tf.constant(1.0, tf.float32)}
+        return eval_transform(decode(example), image_size, max_boxes, num_classes)
 
     def eval_batches():
         ds = builder.as_dataset(split=host_eval_split, shuffle_files=False, decoders=decoders)
         ds = ds.map(no_autograph(eval_example), num_parallel_calls=tf.data.AUTOTUNE)
-        padding = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), ds.element_spec)
-        padding = tf.data.Dataset.from_tensors(padding).repeat()
-        ds = ds.concatenate(padding).take(n_eval_batches * host_eval_batch)
-        return ds.batch(host_eval_batch).prefetch(2).as_numpy_iterator()
+        return padded_eval_batches(ds, host_eval_batch, n_eval_batches)
 
     meta_data = {
         "num_classes": num_classes,
