@@ -19,18 +19,36 @@ queries of real examples), divided by the number of real targets in the *global*
 share times the device count, so the trainer's `pmean` over devices yields the loss (and
 gradient) of the concatenated batch. Metrics are the pairs (summed term, global target
 count), psum'ed, so they sum across devices, hosts and batches to target-weighted means.
+
+Evaluation: `eval_examples` keeps each eval image's top-k detections (over queries x
+classes, `detection_postprocess`) and its ground truth, both in pixels of the original
+image, so only K detections per image leave the device; `global_metrics` scores the whole
+gathered split once with pycocotools (`coco_evaluation`): COCO AP, AP50, AP75, APs, APm,
+APl, AR100, or, when the batch carries LVIS's `neg_category_ids` and
+`not_exhaustive_category_ids`, LVIS's federated AP (plus APr, APc, APf and AR300).
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
 
 from scenic.common_lib import config_utils
-from scenic.model_lib import box_utils, matchers, model_utils
+from scenic.model_lib import (
+    box_utils,
+    coco_evaluation,
+    detection_postprocess,
+    matchers,
+    model_utils,
+)
 from scenic.model_lib.base_models.base_model import BaseModel
 
 CLASS_LOSSES = ("softmax", "sigmoid_focal")
+EVAL_METRICS = ("auto", "coco", "lvis", "none")
+CATEGORY_ID_MAPS = ("labels", "coco2017", "lvis")
+LVIS_LIST_KEYS = ("neg_category_ids", "not_exhaustive_category_ids")
 #: Defaults for the top-level config keys this model reads (DETR's weights).
 DEFAULTS = {
     "matcher": "hungarian_matcher",
@@ -41,6 +59,20 @@ DEFAULTS = {
     "eos_coef": 0.1,
     "focal_alpha": 0.25,
     "focal_gamma": 2.0,
+    # Detections kept per eval image (top-k over queries x classes); None: 100, or 300
+    # when scoring LVIS (its protocol).
+    "eval_top_k": None,
+    # Eval-set metrics: 'coco' (COCO box AP), 'lvis' (federated LVIS AP), 'auto' (LVIS
+    # when the eval batches carry LVIS's category lists, else COCO) or 'none'.
+    "eval_metrics": "auto",
+    # If set, process 0 writes the detections of every eval pass there as COCO results JSON
+    # (each pass replaces the file; with extra eval splits, the last split's remain).
+    "coco_results_path": None,
+    # Category ids written for each label: 'labels' (as they are), 'coco2017' (TFDS
+    # coco/2017's 80 labels -> COCO's ids 1..90), 'lvis' (label + 1) or a list; None: the
+    # data set's `category_ids` meta data, else 'lvis' for LVIS, 'coco2017' for the
+    # 'coco' data set on coco/2017, else 'labels'.
+    "eval_category_ids": None,
 }
 
 
@@ -67,6 +99,19 @@ class DetectionModel(BaseModel):
                 f"Unknown class_loss {class_loss!r}; expected one of {CLASS_LOSSES}."
             )
         self.matcher = matchers.MATCHERS[matcher]
+        eval_metrics, top_k = self.option("eval_metrics"), self.option("eval_top_k")
+        if eval_metrics not in EVAL_METRICS:
+            raise config_utils.ConfigError(
+                f"Unknown eval_metrics {eval_metrics!r}; expected one of {EVAL_METRICS}."
+            )
+        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+            raise config_utils.ConfigError(f"eval_top_k must be an int >= 1, got {top_k!r}.")
+        category_ids = self.option("eval_category_ids")
+        if isinstance(category_ids, str) and category_ids not in CATEGORY_ID_MAPS:
+            raise config_utils.ConfigError(
+                f"Unknown eval_category_ids {category_ids!r}; expected one of "
+                f"{CATEGORY_ID_MAPS} or a list of ids."
+            )
 
     def option(self, key: str):
         value = self.config.get(key)
@@ -203,6 +248,128 @@ class DetectionModel(BaseModel):
     def get_metrics(self, outputs, batch, axis_name=None):
         return self.loss_and_metrics(outputs, batch, axis_name=axis_name)[1]
 
+    # --- Evaluation: COCO / LVIS AP of the whole eval split ---------------------------------
+
+    def scores_lvis(self, has_lvis_lists: bool) -> bool:
+        """Whether eval scores LVIS (federated) rather than COCO."""
+        eval_metrics = self.option("eval_metrics")
+        if eval_metrics == "lvis" and not has_lvis_lists:
+            raise ValueError(
+                "eval_metrics='lvis' needs eval batches with label['neg_category_ids'] and "
+                "label['not_exhaustive_category_ids'] (the TFDS lvis data set has them)."
+            )
+        return eval_metrics == "lvis" or (eval_metrics == "auto" and has_lvis_lists)
+
+    def eval_top_k(self, lvis: bool) -> int:
+        top_k = self.option("eval_top_k")
+        if top_k is None:
+            return coco_evaluation.LVIS_MAX_DETECTIONS if lvis else 100
+        return top_k
+
+    def eval_examples(self, outputs, batch):
+        """Per image: the top-k detections and the ground truth, in original pixels.
+
+        Runs inside the pmapped eval step (static shapes). Keys: `det_scores` / `det_labels`
+        `[B, K]`, `det_boxes` `[B, K, 4]` (xyxy pixels of the original image, clipped to
+        it), `gt_boxes` `[B, M, 4]` (the same conversion), `gt_labels`, `gt_mask`,
+        `gt_is_crowd`, `gt_area` `[B, M]`, `orig_size` `[B, 2]`, `image_id` `[B]` when the
+        batch has `image/id`, and LVIS's two category lists `[B, C]` when it has them.
+        Batches without `orig_size` / `size` are taken as unpadded canvases.
+        """
+        if self.option("eval_metrics") == "none":
+            return {}
+        label = batch["label"]
+        lvis = self.scores_lvis(all(key in label for key in LVIS_LIST_KEYS))
+        logits = outputs["pred_logits"].astype(jnp.float32)
+        pred_boxes = outputs["pred_boxes"].astype(jnp.float32)
+        labels, boxes, valid, _ = targets_of(batch)
+        check_outputs(logits, pred_boxes, labels)
+        scores, classes, top_boxes = detection_postprocess.top_k_detections(
+            logits, pred_boxes, self.eval_top_k(lvis), softmax=self.softmax
+        )
+        canvas = canvas_size(batch)
+        size = label.get("size")
+        size = (
+            jnp.broadcast_to(jnp.asarray(canvas, jnp.int32), (labels.shape[0], 2))
+            if size is None
+            else size
+        )
+        orig_size = label.get("orig_size", size)
+        to_pixels = functools.partial(
+            detection_postprocess.boxes_to_original_pixels,
+            canvas_size=canvas,
+            size=size,
+            orig_size=orig_size,
+        )
+        zeros = jnp.zeros(labels.shape, jnp.float32)
+        examples = {
+            "det_scores": scores,
+            "det_labels": classes,
+            "det_boxes": to_pixels(top_boxes),
+            "gt_boxes": to_pixels(boxes),
+            "gt_labels": labels,
+            "gt_mask": valid.astype(jnp.float32),
+            "gt_is_crowd": jnp.asarray(label.get("is_crowd", zeros)).astype(jnp.int32),
+            "gt_area": jnp.asarray(label.get("area", zeros), jnp.float32),
+            "orig_size": jnp.asarray(orig_size, jnp.int32),
+        }
+        if "image/id" in label:
+            examples["image_id"] = jnp.asarray(label["image/id"])
+        if lvis:
+            examples.update({key: jnp.asarray(label[key], jnp.int32) for key in LVIS_LIST_KEYS})
+        return examples
+
+    def global_metrics(self, totals, examples):
+        """COCO (or LVIS) box metrics of the whole gathered eval split; with
+        `coco_results_path`, process 0 also writes the detections there."""
+        if not examples or "det_scores" not in examples:
+            return {}
+        lvis = all(key in examples for key in LVIS_LIST_KEYS)
+        category_ids = self.eval_category_ids(lvis)
+        if lvis:
+            metrics = coco_evaluation.lvis_metrics(
+                examples, self.category_frequencies(), category_ids
+            )
+        else:
+            metrics = coco_evaluation.coco_metrics(examples, category_ids)
+        path = self.option("coco_results_path")
+        if path and jax.process_index() == 0:
+            coco_evaluation.write_coco_results(path, examples, category_ids)
+        return metrics
+
+    def eval_category_ids(self, lvis: bool):
+        """The COCO category id of each label (None: the labels themselves)."""
+        choice = self.option("eval_category_ids")
+        if choice is None:
+            if self.dataset_meta_data.get("category_ids") is not None:
+                return list(self.dataset_meta_data["category_ids"])
+            dataset_configs = self.config.get("dataset_configs") or {}
+            tfds_name = dataset_configs.get("tfds_name") or "coco/2017"
+            if lvis:
+                choice = "lvis"
+            elif self.config.get("dataset_name") == "coco" and tfds_name.startswith("coco/2017"):
+                choice = "coco2017"
+            else:
+                choice = "labels"
+        if choice == "labels":
+            return None
+        if choice == "coco2017":
+            return list(coco_evaluation.COCO_2017_CATEGORY_IDS)
+        if choice == "lvis":
+            return list(range(1, self.dataset_meta_data["num_classes"] + 1))
+        return [int(c) for c in choice]
+
+    def category_frequencies(self):
+        """LVIS frequency group ('r', 'c', 'f') of each label: the data set's
+        `category_frequencies` meta data, else LVIS v1's for its 1,203 classes, else None
+        (no APr / APc / APf)."""
+        frequencies = self.dataset_meta_data.get("category_frequencies")
+        if frequencies is not None:
+            return list(frequencies)
+        if self.dataset_meta_data.get("num_classes") == len(coco_evaluation.LVIS_V1_FREQUENCIES):
+            return list(coco_evaluation.LVIS_V1_FREQUENCIES)
+        return None
+
 
 def targets_of(batch):
     """(labels, boxes, valid, example_mask) with padded targets made harmless."""
@@ -230,6 +397,22 @@ def targets_of(batch):
     labels = jnp.where(valid, labels, 0).astype(jnp.int32)
     boxes = jnp.where(valid[..., None], boxes, jnp.asarray([0.5, 0.5, 1.0, 1.0], jnp.float32))
     return labels, boxes, valid, example_mask
+
+
+def canvas_size(batch) -> tuple[int, int]:
+    """(height, width) of the canvas the boxes are normalised to: of `padding_mask`
+    `[B, H, W]` if the batch has one, else of the image inputs `[B, H, W, C]`."""
+    if batch.get("padding_mask") is not None:
+        return tuple(batch["padding_mask"].shape[1:3])
+    inputs = batch["inputs"]
+    if isinstance(inputs, dict):
+        inputs = inputs.get("image", inputs.get("rgb"))
+    if inputs is None or inputs.ndim != 4:
+        raise ValueError(
+            "DetectionModel eval: cannot tell the canvas size; give the batch a "
+            "padding_mask [B, H, W] or image inputs [B, H, W, C]."
+        )
+    return tuple(inputs.shape[1:3])
 
 
 def check_outputs(logits, pred_boxes, labels):
