@@ -98,8 +98,11 @@ def build(files, **kwargs):
 
 def check_format(batch, b, s, n):
     label = batch["label"]
-    assert batch["inputs"].shape == (b, s, s, 3) and batch["inputs"].dtype == np.float32
-    assert batch["padding_mask"].shape == (b, s, s)
+    assert (
+        batch["inputs"]["image"].shape == (b, s, s, 3)
+        and batch["inputs"]["image"].dtype == np.float32
+    )
+    assert batch["inputs"]["padding_mask"].shape == (b, s, s)
     assert label["boxes"].shape == (b, n, 4) and label["boxes"].dtype == np.float32
     assert label["labels"].shape == (b, n) and label["labels"].dtype == np.int32
     assert label["box_mask"].shape == (b, n) and label["is_crowd"].dtype == bool
@@ -168,8 +171,10 @@ def test_eval_batches_map_back_to_the_json_pixel_boxes(coco_files):
             pixels_written = np.asarray(PIL_Image.open(path), np.float32)
             hh, ww = label["size"][i]
             resized = tf.image.resize(pixels_written, [hh, ww], method="bilinear").numpy()
-            np.testing.assert_allclose(all_["inputs"][i, :hh, :ww], resized / 127.5 - 1, atol=1e-5)
-    assert not np.any(all_["inputs"][5:]) and not np.any(label["box_mask"][5:])
+            np.testing.assert_allclose(
+                all_["inputs"]["image"][i, :hh, :ww], resized / 127.5 - 1, atol=1e-5
+            )
+    assert not np.any(all_["inputs"]["image"][5:]) and not np.any(label["box_mask"][5:])
 
 
 def test_train_boxes_without_jitter_and_flip_match_the_json(coco_files):
@@ -214,7 +219,7 @@ def test_train_is_deterministic_resumes_and_splits_over_hosts(coco_files):
     epoch = np.concatenate([b["label"]["image/id"] for b in first])[:7]
     assert len(set(epoch.tolist())) == 7  # each image once per epoch
     other = next(build(files, batch_size=4, seed=12).train_batches(0))
-    assert not np.array_equal(other["inputs"], first[0]["inputs"])
+    assert not np.array_equal(other["inputs"]["image"], first[0]["inputs"]["image"])
     # Two hosts: host p gets the p-th half of each global batch, augmented identically.
     halves = [
         list(
@@ -490,7 +495,8 @@ class TinyDetector(nn.Module):
     num_queries: int = 4
 
     @nn.compact
-    def __call__(self, images, train: bool = False):
+    def __call__(self, inputs, train: bool = False):
+        images = inputs["image"] * inputs["padding_mask"][..., None]
         batch, height, width, channels = images.shape
         pooled = images.reshape(batch, 8, height // 8, 8, width // 8, channels).mean((2, 4))
         hidden = nn.relu(nn.Dense(32)(pooled.reshape(batch, -1)))

@@ -114,25 +114,31 @@ def build_coco(**kwargs):
 def check_batch_format(batch, batch_size, image_size, max_boxes):
     b, s, n = batch_size, image_size, max_boxes
     label = batch["label"]
-    assert batch["inputs"].shape == (b, s, s, 3) and batch["inputs"].dtype == np.float32
-    assert batch["padding_mask"].shape == (b, s, s) and batch["padding_mask"].dtype == np.float32
+    assert (
+        batch["inputs"]["image"].shape == (b, s, s, 3)
+        and batch["inputs"]["image"].dtype == np.float32
+    )
+    assert (
+        batch["inputs"]["padding_mask"].shape == (b, s, s)
+        and batch["inputs"]["padding_mask"].dtype == np.float32
+    )
     assert label["labels"].shape == (b, n) and label["labels"].dtype == np.int32
     assert label["boxes"].shape == (b, n, 4) and label["boxes"].dtype == np.float32
     assert label["box_mask"].shape == (b, n) and label["box_mask"].dtype == np.float32
     assert label["is_crowd"].shape == (b, n) and label["is_crowd"].dtype == bool
     assert label["area"].shape == (b, n) and label["image/id"].shape == (b,)
     assert label["size"].shape == (b, 2) and label["orig_size"].shape == (b, 2)
-    assert -1.0 <= batch["inputs"].min() and batch["inputs"].max() <= 1.0
+    assert -1.0 <= batch["inputs"]["image"].min() and batch["inputs"]["image"].max() <= 1.0
     real_examples = batch.get("batch_mask", np.ones(b)) == 1
-    for key in ("inputs", "padding_mask"):
-        assert not np.any(batch[key][~real_examples])
+    for key in ("image", "padding_mask"):
+        assert not np.any(batch["inputs"][key][~real_examples])
     for i in np.flatnonzero(real_examples):
         hh, ww = label["size"][i]
         assert 1 <= hh <= s and 1 <= ww <= s
         expected_mask = np.zeros((s, s), np.float32)
         expected_mask[:hh, :ww] = 1.0
-        np.testing.assert_array_equal(batch["padding_mask"][i], expected_mask)
-        assert np.all(batch["inputs"][i][expected_mask == 0] == 0.0)
+        np.testing.assert_array_equal(batch["inputs"]["padding_mask"][i], expected_mask)
+        assert np.all(batch["inputs"]["image"][i][expected_mask == 0] == 0.0)
         real = label["box_mask"][i] == 1.0
         k = int(real.sum())
         np.testing.assert_array_equal(real, np.arange(n) < k)  # real boxes come first
@@ -148,7 +154,7 @@ def test_mock_coco_train_batch_format(mock_coco):
     ds = build_coco(batch_size=4)
     assert ds.meta_data["num_classes"] == 80 and len(ds.meta_data["class_names"]) == 80
     assert ds.meta_data["num_train_examples"] == 118287
-    assert ds.meta_data["input_shape"] == (-1, 48, 48, 3)
+    assert ds.meta_data["input_shape"] == {"image": (-1, 48, 48, 3), "padding_mask": (-1, 48, 48)}
     for batch in itertools.islice(ds.train_batches(0), 3):
         check_batch_format(batch, 4, 48, 5)
         assert set(batch["label"]["image/id"]) <= {ex["image/id"] for ex in COCO_EXAMPLES}
@@ -190,7 +196,10 @@ def test_train_flip_maps_cx_to_width_minus_cx(mock_coco):
     num_mirrored = 0
     for i in range(8):
         hh, ww = plain["label"]["size"][i]
-        content, other = plain["inputs"][i, :hh, :ww], flipped["inputs"][i, :hh, :ww]
+        content, other = (
+            plain["inputs"]["image"][i, :hh, :ww],
+            flipped["inputs"]["image"][i, :hh, :ww],
+        )
         real = plain["label"]["box_mask"][i] == 1
         ref_boxes = plain["label"]["boxes"][i].astype(np.float64)
         if np.allclose(content, other, atol=1e-5) and not np.allclose(content, content[:, ::-1]):
@@ -259,7 +268,7 @@ def test_train_stream_is_deterministic_and_resumes(mock_coco):
     resumed = next(ds.train_batches(3))  # a fresh pipeline, started where `first` was at 3
     tf.nest.map_structure(np.testing.assert_array_equal, first[3], resumed)
     other_seed = next(build_coco(batch_size=2, seed=8).train_batches(0))
-    assert not np.array_equal(other_seed["inputs"], first[0]["inputs"])
+    assert not np.array_equal(other_seed["inputs"]["image"], first[0]["inputs"]["image"])
 
 
 def test_bad_arguments_and_unprepared_data(tmp_path):
@@ -427,7 +436,9 @@ def test_digits_detection_through_the_coco_reader(digits_dir):
     check_batch_format(batch, 8, 64, 4)
     for i in range(8):
         canvas = digits_detection.make_canvas("test", i)
-        np.testing.assert_allclose(batch["inputs"][i], canvas["image"] / 127.5 - 1, atol=1e-5)
+        np.testing.assert_allclose(
+            batch["inputs"]["image"][i], canvas["image"] / 127.5 - 1, atol=1e-5
+        )
         k = len(canvas["labels"])
         expected = box_utils.yxyx_to_cxcywh(canvas["boxes"] / 64.0)
         np.testing.assert_allclose(batch["label"]["boxes"][i][:k], expected, atol=1e-6)
@@ -437,7 +448,9 @@ def test_digits_detection_through_the_coco_reader(digits_dir):
     for batch in itertools.islice(ds.train_batches(0), 3):
         check_batch_format(batch, 8, 64, 4)
         for i in range(8):
-            ink = (batch["inputs"][i, ..., 0] > -1 + 2 * 60 / 255) & (batch["padding_mask"][i] == 1)
+            ink = (batch["inputs"]["image"][i, ..., 0] > -1 + 2 * 60 / 255) & (
+                batch["inputs"]["padding_mask"][i] == 1
+            )
             covered = np.zeros_like(ink)
             real = batch["label"]["box_mask"][i] == 1
             for x0, y0, x1, y1 in box_utils.cxcywh_to_xyxy(batch["label"]["boxes"][i][real]) * 64:
@@ -446,7 +459,10 @@ def test_digits_detection_through_the_coco_reader(digits_dir):
                     max(int(x0) - 1, 0) : int(np.ceil(x1)) + 1,
                 ] = True
                 if x1 - x0 >= 3 and y1 - y0 >= 3:
-                    assert batch["inputs"][i, int(y0) : int(y1), int(x0) : int(x1)].max() > -0.5
+                    assert (
+                        batch["inputs"]["image"][i, int(y0) : int(y1), int(x0) : int(x1)].max()
+                        > -0.5
+                    )
             assert not np.any(ink & ~covered)
 
 
@@ -464,7 +480,7 @@ def test_digits_eval_over_two_hosts_counts_each_image_once(digits_dir):
         batches = list(ds.eval_batches())
         counts.add((ds.num_eval_batches, len(batches)))
         for batch in batches:
-            assert batch["inputs"].shape[0] == 4
+            assert batch["inputs"]["image"].shape[0] == 4
             seen += batch["label"]["image/id"][batch["batch_mask"] == 1].tolist()
         assert batches[-1]["batch_mask"].sum() < 4  # a partial last batch
     # 37 test images over 2 hosts (19 + 18) in host batches of 4: 5 batches on each host.

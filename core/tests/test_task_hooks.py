@@ -140,7 +140,8 @@ class TinyDetector(nn.Module):
     num_queries: int = 4
 
     @nn.compact
-    def __call__(self, images, train: bool = False):
+    def __call__(self, inputs, train: bool = False):
+        images = inputs["image"] * inputs["padding_mask"][..., None]
         batch, height, width, channels = images.shape
         pooled = images.reshape(batch, 8, height // 8, 8, width // 8, channels).mean((2, 4))
         hidden = nn.relu(nn.Dense(32, name="trunk")(pooled.reshape(batch, -1)))

@@ -6,9 +6,11 @@ present, LVIS's per-image `not_exhaustive_category_ids` and `neg_category_ids`.
 
 Batch format (NumPy; B host batch, S = `image_size`, N = `max_boxes`, C = number of classes):
 
-  inputs         [B, S, S, 3] float32  pixels in [-1, 1]; the image sits in the top-left
+  inputs:
+    image        [B, S, S, 3] float32  pixels in [-1, 1]; the image sits in the top-left
                                        corner of the S x S canvas, the rest is 0.
-  padding_mask   [B, S, S] float32     1 on image pixels, 0 on canvas padding.
+    padding_mask [B, S, S] float32     1 on image pixels, 0 on canvas padding (a model
+                                       input: DETR masks padding out of attention).
   label:
     labels       [B, N] int32          class ids; 0 in padding rows.
     boxes        [B, N, 4] float32     cxcywh, normalised by the canvas size S (so they
@@ -171,9 +173,22 @@ def pad_to_canvas(image, example: dict, image_size: int, max_boxes: int, num_cla
             ids = tf.pad(ids, [[0, num_classes - tf.shape(ids)[0]]], constant_values=-1)
             label[key] = tf.ensure_shape(ids, [num_classes])
     return {
-        "inputs": tf.ensure_shape(inputs, [image_size, image_size, 3]),
-        "padding_mask": tf.ensure_shape(padding_mask, [image_size, image_size]),
+        "inputs": {
+            "image": tf.ensure_shape(inputs, [image_size, image_size, 3]),
+            "padding_mask": tf.ensure_shape(padding_mask, [image_size, image_size]),
+        },
         "label": label,
+    }
+
+
+def input_meta_data(image_size: int) -> dict:
+    """`input_shape` and `input_dtype` of the batches `pad_to_canvas` makes."""
+    return {
+        "input_shape": {
+            "image": (-1, image_size, image_size, 3),
+            "padding_mask": (-1, image_size, image_size),
+        },
+        "input_dtype": np.float32,
     }
 
 
@@ -340,8 +355,7 @@ def build_coco_detection(
     meta_data = {
         "num_classes": num_classes,
         "class_names": list(label_feature.names),
-        "input_shape": (-1, image_size, image_size, 3),
-        "input_dtype": np.float32,
+        **input_meta_data(image_size),
         "num_train_examples": num_train,
         "num_eval_examples": num_eval,
         "max_boxes": max_boxes,
