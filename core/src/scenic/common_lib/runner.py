@@ -44,15 +44,19 @@ class UsageError(Exception):
 
 
 def expected_errors() -> tuple[type[Exception], ...]:
+    from scenic.dataset_lib.dataset_utils import DataError
     from scenic.dataset_lib.datasets import UnknownDatasetError
     from scenic.train_lib.checkpoints import CheckpointMismatchError, CorruptCheckpointError
+    from scenic.train_lib.pretrained_init import PretrainedInitError
 
     return (
         ConfigError,
         UsageError,
         UnknownDatasetError,
+        DataError,
         CheckpointMismatchError,
         CorruptCheckpointError,
+        PretrainedInitError,
         FileNotFoundError,
     )
 

@@ -51,11 +51,11 @@ TOLERANCE = 1.0  # pixels a box may reach beyond its image (rounding in annotati
 TF_IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")  # what tf.io.decode_image reads
 
 
-class CocoFormatError(ValueError):
+class CocoFormatError(dataset_utils.DataError):
     """An annotation file that does not parse or breaks the COCO detection format."""
 
 
-class CocoImageError(ValueError):
+class CocoImageError(dataset_utils.DataError):
     """An image file that is missing, unreadable, or not the size its annotation file says."""
 
 

@@ -23,6 +23,12 @@ import numpy as np
 from scenic.common_lib import allocator
 
 
+class DataError(ValueError):
+    """Input data that cannot be read as documented (a corrupt record, a broken annotation
+    file, an unreadable image). The message names the file and record; the CLI reports it
+    in one line with exit code 2, also when it is found in the middle of training."""
+
+
 @dataclasses.dataclass
 class Dataset:
     """A built data set.

@@ -12,10 +12,11 @@ import struct
 import threading
 from collections.abc import Sequence
 
+from scenic.dataset_lib import dataset_utils
 from scenic.dataset_lib.write_video_records import IMAGE_KEY, LABEL_INDEX_KEY, VIDEO_ID_KEY
 
 
-class CorruptRecordsError(ValueError):
+class CorruptRecordsError(dataset_utils.DataError):
     """A TFRecord file that cannot be read, or a record not in the documented layout."""
 
 
