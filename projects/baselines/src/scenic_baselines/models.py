@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from scenic_baselines import vit
+from scenic_baselines import resnet, vit
 
 
 def _vit_fields() -> tuple[str, ...]:
@@ -27,6 +27,8 @@ class ViTMultiLabelClassification(vit.ViTMultiLabelClassificationModel):
 MODELS = {
     "vit_multilabel_classification": ViTMultiLabelClassification,
     "vit_classification": ViTClassification,
+    # config.model: the constructor fields of resnet.ResNet (model_config_keys).
+    "resnet_classification": resnet.ResNetClassificationModel,
 }
 
 
