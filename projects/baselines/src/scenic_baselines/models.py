@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from scenic_baselines import resnet, vit
+from scenic_baselines import detr, resnet, vit
 
 
 def _vit_fields() -> tuple[str, ...]:
@@ -29,6 +29,9 @@ MODELS = {
     "vit_classification": ViTClassification,
     # config.model: the constructor fields of resnet.ResNet (model_config_keys).
     "resnet_classification": resnet.ResNetClassificationModel,
+    # config.model: the constructor fields of detr.DETR; the criterion's keys (matcher,
+    # loss weights, eval_top_k, ...) are top-level, as for any DetectionModel.
+    "detr": detr.DETRDetectionModel,
 }
 
 
