@@ -179,3 +179,29 @@ def test_orbax_checkpoint_of_a_scenic_train_state(tmp_path):
     np.testing.assert_array_equal(params["head"]["kernel"], first["head/kernel"])
     with pytest.raises(pi.PretrainedInitError, match="does not exist"):
         pi.load_params(tmp_path / "nowhere")
+
+
+def test_model_state_loads_with_the_parameters_rename_rules(tmp_path):
+    """A scenic checkpoint's BatchNorm statistics follow its parameters into a model that
+    holds the same network under a new scope (a ResNet as DETR's `backbone`)."""
+    stats = {"batch_stats": {"bn": {"mean": np.full(3, 2.0, np.float32), "var": np.ones(3)}}}
+    state = {"params": {"bn": {"scale": np.ones(3, np.float32)}}, "model_state": stats}
+    checkpointer = Checkpointer(tmp_path)
+    checkpointer.save(5, state)
+    checkpointer.close()
+    fresh = {
+        "batch_stats": {
+            "backbone": {"bn": {"mean": np.zeros(3, np.float32), "var": np.ones(3)}},
+            "other": {"mean": np.zeros(2, np.float32)},
+        }
+    }
+    config = ml_collections.ConfigDict(
+        {"checkpoint": str(tmp_path), "rename": ((r"^(.*)", r"backbone/\1"),)}
+    )
+    loaded_state, loaded = pi.model_state_from_config(fresh, config)
+    assert loaded == ["batch_stats/backbone/bn/mean", "batch_stats/backbone/bn/var"]
+    np.testing.assert_array_equal(loaded_state["batch_stats"]["backbone"]["bn"]["mean"], 2.0)
+    np.testing.assert_array_equal(loaded_state["batch_stats"]["other"]["mean"], 0.0)  # kept fresh
+    params = pi.load_params(tmp_path)  # the parameters alone, as before
+    assert list(params) == ["bn/scale"]
+    np.testing.assert_array_equal(params["bn/scale"], 1.0)

@@ -165,15 +165,16 @@ class CommandContext:
     def build_dataset(self, config):
         return build_dataset(config)
 
-    def load_trained_model(self, workdir: str | pathlib.Path, config=None):
-        """A `TrainedModel` (module, EMA or raw parameters, jitted predict) from `workdir`."""
+    def load_trained_model(self, workdir: str | pathlib.Path, config=None, step=None):
+        """A `TrainedModel` (module, EMA or raw parameters, jitted predict) from the latest
+        checkpoint (or `step`'s) in `workdir`."""
         from scenic.train_lib import trained_model
 
         if config is None:
             config, model_cls = self.load_config(None, workdir)
         else:
             model_cls = self.models[config.model_name]
-        return trained_model.load_trained_model(model_cls, config, workdir)
+        return trained_model.load_trained_model(model_cls, config, workdir, step)
 
 
 def make_main(

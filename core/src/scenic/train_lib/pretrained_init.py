@@ -1,8 +1,11 @@
 """Initialise a model from pretrained parameters (fine-tuning, higher-resolution training).
 
 Parameters are matched by '/'-joined names ('Transformer/encoderblock_0/.../kernel').
-Sources: a scenic workdir or Orbax checkpoint directory (only `params` is read), or a flat
-`.npz` whose keys are '/'-joined names, as the published ViT checkpoints are.
+Sources: a scenic workdir or Orbax checkpoint directory, or a flat `.npz` whose keys are
+'/'-joined names, as the published ViT checkpoints are. From a scenic checkpoint the mutable
+model state (BatchNorm statistics) is loaded too, with the same `rename` rules, wherever
+the new model has state of the same name and shape (`model_state_from_config`): a ResNet
+backbone brings its running statistics along.
 
 `init_from(fresh, restored, ...)`:
   - `rename`: ((regex, replacement), ...) applied in order with `re.sub` to checkpoint names;
@@ -57,13 +60,16 @@ class InitSummary:
         return "; ".join(lines)
 
 
-def load_params(path: str | pathlib.Path) -> dict[str, np.ndarray]:
+def load_params(path: str | pathlib.Path, collection: str = "params") -> dict[str, np.ndarray]:
     """Flat {'/'-joined name: array} from an .npz file or a scenic/Orbax checkpoint dir
-    (a workdir, its `checkpoints` dir (latest step), or one step's directory)."""
+    (a workdir, its `checkpoints` dir (latest step), or one step's directory). From a
+    scenic train state, `collection` picks 'params' or 'model_state' ({} from an .npz)."""
     path = pathlib.Path(path)
     if path.is_file():
         if path.suffix != ".npz":
             raise PretrainedInitError(f"Pretrained file {path} is not an .npz file.")
+        if collection != "params":
+            return {}
         with np.load(path, allow_pickle=False) as data:
             return {name: data[name] for name in data.files}
     if not path.is_dir():
@@ -75,10 +81,10 @@ def load_params(path: str | pathlib.Path) -> dict[str, np.ndarray]:
         path = max(steps, key=lambda p: int(p.name))
     if (path / "default").is_dir():
         path = path / "default"
-    return _restore_orbax_params(path)
+    return _restore_orbax_params(path, collection)
 
 
-def _restore_orbax_params(path: pathlib.Path) -> dict[str, np.ndarray]:
+def _restore_orbax_params(path: pathlib.Path, collection: str = "params") -> dict:
     import orbax.checkpoint as ocp
 
     checkpointer = ocp.PyTreeCheckpointer()
@@ -88,14 +94,18 @@ def _restore_orbax_params(path: pathlib.Path) -> dict[str, np.ndarray]:
         raise PretrainedInitError(f"No Orbax checkpoint found at {path}: {e}") from e
     tree = getattr(metadata, "item_metadata", metadata)
     tree = getattr(tree, "tree", tree)
-    if "params" in tree:  # a scenic train state: read only the parameters
-        tree = {"params": tree["params"]}
+    if "params" in tree:  # a scenic train state: read only the collection asked for
+        if collection not in tree:
+            return {}
+        tree = {collection: tree[collection]}
+    elif collection != "params":
+        return {}
     item = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), tree)
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
     restored = checkpointer.restore(
         path, args=ocp.args.PyTreeRestore(item, restore_args=restore_args, partial_restore=True)
     )
-    return flatten(restored.get("params", restored))
+    return flatten(restored.get(collection, restored))
 
 
 def flatten(tree) -> dict[str, np.ndarray]:
@@ -227,6 +237,30 @@ def check_config(config: ml_collections.ConfigDict | None) -> None:
     path = config.get("checkpoint")
     if path and not pathlib.Path(path).exists():
         raise ConfigError(f"init_from.checkpoint {path!r} does not exist.")
+
+
+def model_state_from_config(model_state, config: ml_collections.ConfigDict | None):
+    """The fresh `model_state` (e.g. `{'batch_stats': ...}`) with every array of the same
+    (renamed) name and shape copied from `config.init_from.checkpoint`'s model state;
+    returns (model state, names loaded). Model state the checkpoint lacks stays fresh."""
+    if not config or not config.get("checkpoint") or not model_state:
+        return model_state, []
+    restored = load_params(config.checkpoint, "model_state")
+    by_collection: dict[str, dict] = {}
+    for name, value in restored.items():  # 'batch_stats/stem_bn/mean': rename after the
+        collection, _, rest = name.partition("/")  # collection, as parameter names are
+        by_collection.setdefault(collection, {})[rest] = value
+    source = {
+        f"{collection}/{name}": value
+        for collection, arrays in by_collection.items()
+        for name, value in _renamed(arrays, config.get("rename", ()) or ()).items()
+    }
+    fresh, loaded = flatten(model_state), []
+    for name, value in fresh.items():
+        if name in source and np.shape(source[name]) == np.shape(value):
+            fresh[name] = np.asarray(source[name]).astype(np.asarray(value).dtype)
+            loaded.append(name)
+    return flax.traverse_util.unflatten_dict(fresh, sep="/"), loaded
 
 
 def from_config(params, config: ml_collections.ConfigDict | None):

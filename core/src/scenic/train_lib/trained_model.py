@@ -51,20 +51,25 @@ class TrainedModel:
 
 
 def load_trained_model(
-    model_cls, config: ml_collections.ConfigDict, workdir: str | pathlib.Path
+    model_cls, config: ml_collections.ConfigDict, workdir: str | pathlib.Path, step=None
 ) -> TrainedModel:
-    """The latest checkpoint of the run in `workdir`, ready for inference."""
+    """The latest checkpoint (or that of `step`) of the run in `workdir`, for inference."""
     workdir = pathlib.Path(workdir)
     meta_data = trainer.load_meta_data(workdir)
     checkpointer = checkpoints.Checkpointer(workdir, config.max_checkpoints_to_keep)
     try:
         if checkpointer.latest_step() is None:
             raise FileNotFoundError(f"No checkpoint in {checkpointer.directory}.")
+        if step is not None and step not in checkpointer.all_steps():
+            raise FileNotFoundError(
+                f"No checkpoint of step {step} in {checkpointer.directory} "
+                f"(steps: {checkpointer.all_steps()})."
+            )
         model, dtype = trainer.build_model(model_cls, config, meta_data)
         # Only the optimizer state's structure matters here, not the schedule's length.
         tx, _ = trainer.make_optimizer(config, int(config.num_training_steps) or 1 << 30)
         state = trainer.initialize_state(model, config, jax.random.key(config.rng_seed), tx)
-        state = trainer.restore_latest(checkpointer, state, config)
+        state = trainer.restore_latest(checkpointer, state, config, step)
     finally:
         checkpointer.close()
     return TrainedModel(model, steps.eval_variables(state), config, int(state.step), dtype)

@@ -167,11 +167,12 @@ def make_optimizer(config: ml_collections.ConfigDict, num_steps: int):
     return optimizers.get_optimizer(config.optimizer, lr_fn), lr_fn
 
 
-def restore_latest(checkpointer, state: TrainState, config) -> TrainState:
-    """The latest checkpoint restored into `state`'s structure (with the EMA if kept)."""
+def restore_latest(checkpointer, state: TrainState, config, step: int | None = None) -> TrainState:
+    """The latest checkpoint (or `step`'s) restored into `state`'s structure (with the EMA
+    if the run keeps one)."""
     if config.ema:  # the restore target must hold what the checkpoint holds
         state = state.replace(ema_params=ema.init_ema(state.params))
-    return TrainState.from_dict(checkpointer.restore(jax.device_get(state.to_dict())))
+    return TrainState.from_dict(checkpointer.restore(jax.device_get(state.to_dict()), step))
 
 
 def train(
@@ -347,6 +348,12 @@ def apply_init_from(state: TrainState, config: ml_collections.ConfigDict, tx, mo
     params, summary = pretrained_init.from_config(params, config.init_from)
     if summary is not None:
         logger.info("init_from %s:\n%s", config.init_from.checkpoint, summary)
+        model_state, loaded = pretrained_init.model_state_from_config(
+            state.model_state, config.init_from
+        )
+        if loaded:
+            logger.info("init_from: %d model state arrays (e.g. %s).", len(loaded), loaded[0])
+            state = state.replace(model_state=model_state)
     if note or summary is not None:
         state = state.replace(params=params, opt_state=tx.init(params))
     if config.ema:
