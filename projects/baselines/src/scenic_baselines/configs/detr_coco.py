@@ -16,9 +16,9 @@ short side 480-800 / long side <= 1333 multi-scale resize; eval resizes the long
 1024. The backbone must start from ImageNet weights, as in the paper: set
 `--config.init_from.checkpoint=` to a `resnet50_imagenet` workdir (its parameters and batch
 statistics load under `backbone/` with the rename below), or convert torchvision / Hugging
-Face ResNet-50 weights with `scenic_baselines.resnet.params_from_hf_resnet`. Needs `coco/2017` prepared by TFDS
-(`tfds build coco/2017`; pass `--config.dataset_configs.data_dir=DIR` if it is not in
-TFDS's default data directory).
+Face ResNet-50 weights with `scenic_baselines.resnet.params_from_hf_resnet`. Needs
+`coco/2017` prepared by TFDS (`tfds build coco/2017`; pass
+`--config.dataset_configs.data_dir=DIR` if it is not in TFDS's default data directory).
 """
 
 import ml_collections
