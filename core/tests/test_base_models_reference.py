@@ -275,7 +275,7 @@ def detection_reference(outputs, batch, config):
     label, mask = batch["label"], batch["batch_mask"]
     real = [b for b in range(len(mask)) if mask[b] > 0]
     num_boxes = sum(int(label["box_mask"][b].sum()) for b in real)
-    sums = {}
+    sums, correct = {}, 0
     for suffix, out in [
         ("", outputs),
         *((f"_aux{i}", o) for i, o in enumerate(outputs["aux_outputs"])),
@@ -311,9 +311,12 @@ def detection_reference(outputs, batch, config):
                 total["class"] += (nll * np.where(target == logits.shape[-1] - 1, eos, 1)).sum()
             total["bbox"] += l1[rows, cols].sum()
             total["giou"] += (1 - giou[rows, cols]).sum()
+            if not suffix:
+                correct += np.sum(logits[rows].argmax(-1) == labels[cols])
         for name, value in total.items():
             sums[f"loss_{name}{suffix}"] = value
     sums["loss"] = sum(coef[name.split("_")[1]] * value for name, value in sums.items())
+    sums["class_accuracy"] = float(correct)
     norm = max(num_boxes, 1)
     return sums["loss"] / norm, {name: (value, float(norm)) for name, value in sums.items()}
 

@@ -117,6 +117,39 @@ def test_box_gradient_flows_only_through_the_matched_l1_terms():
     np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-7)
 
 
+def test_class_accuracy_counts_matched_targets_with_their_class_on_top():
+    """Against SciPy's assignment of the same float64 cost (class 1, L1 5, GIoU 2)."""
+    from scenic.model_lib import box_utils
+
+    model = make()
+    outputs, batch = example(6, batch=3, queries=6, slots=4, classes=5)
+    label = batch["label"]
+    # Half of the real targets get a query whose top class is theirs.
+    for b in range(3):
+        for j in range(0, 4, 2):
+            outputs["pred_logits"][b, j, label["labels"][b, j]] += 6.0
+    _, metrics = jax.jit(model.loss_and_metrics)(outputs, batch)
+    logits = outputs["pred_logits"].astype(np.float64)
+    prob = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    correct = 0
+    for b in range(3):
+        keep = label["box_mask"][b] > 0
+        labels, true = label["labels"][b][keep], label["boxes"][b][keep]
+        pred = outputs["pred_boxes"][b]
+        giou = np.asarray(
+            box_utils.generalized_box_iou(
+                box_utils.cxcywh_to_xyxy(pred), box_utils.cxcywh_to_xyxy(true)
+            )
+        )
+        cost = -prob[b][:, labels] + 5 * np.abs(pred[:, None] - true[None]).sum(-1) - 2 * giou
+        rows, cols = linear_sum_assignment(cost)
+        correct += int(np.sum(logits[b, rows].argmax(-1) == labels[cols]))
+    value, normalizer = metrics["class_accuracy"]
+    assert float(normalizer) == label["box_mask"].sum() == 11
+    assert 0 < correct < 11
+    assert float(value) == correct
+
+
 def test_gradients_are_finite_with_garbage_in_padded_targets():
     model = make()
     outputs, batch = example(3)

@@ -47,11 +47,14 @@ def build_digits(
     shift_pixels: int = 1,
     test_fraction: float = 0.2,
     eval_on_train: bool = False,
+    channels: int = 1,
 ) -> dataset_utils.Dataset:
     """Builds the digits data set for this host (`process_index` of `process_count`).
 
     `eval_on_train` adds the (unshifted) training images as an extra eval split, 'train',
-    reported beside the test split's metrics as `train/accuracy`, ...
+    reported beside the test split's metrics as `train/accuracy`, ... `channels=3` repeats
+    the gray level into RGB (for a backbone that later reads RGB images, e.g. a detector
+    on `digits_detection`).
     """
     if image_size < 8:
         raise ValueError(f"digits image_size must be >= 8, got {image_size}.")
@@ -59,6 +62,8 @@ def build_digits(
         raise ValueError(f"digits shift_pixels must be >= 0, got {shift_pixels}.")
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"digits test_fraction must be in (0, 1), got {test_fraction}.")
+    if channels not in (1, 3):
+        raise ValueError(f"digits channels must be 1 or 3, got {channels}.")
     import tensorflow as tf
 
     train_x, train_y, test_x, test_y = load_split(image_size, test_fraction)
@@ -94,6 +99,7 @@ def build_digits(
     def make_batch(indices, shifts):
         images = tf.gather(train_images, indices)
         images = shift_images(images, shifts, shift_pixels)
+        images = tf.repeat(images, channels, axis=-1) if channels > 1 else images
         return {"inputs": normalize(images), "label": tf.gather(train_labels, indices)}
 
     def train_batches(start_step: int = 0):
@@ -113,7 +119,9 @@ def build_digits(
         """(`() -> padded batches` of this host's slice, batches per pass)."""
         host_range = dataset_utils.host_eval_slice(len(labels), process_index, process_count)
         arrays = {
-            "inputs": normalize(images[host_range.start : host_range.stop]),
+            "inputs": np.repeat(
+                normalize(images[host_range.start : host_range.stop]), channels, -1
+            ),
             "label": labels[host_range.start : host_range.stop],
         }
         count = dataset_utils.num_eval_batches(len(labels), host_eval_batch, process_count)
@@ -124,7 +132,7 @@ def build_digits(
 
     meta_data = {
         "num_classes": NUM_CLASSES,
-        "input_shape": (-1, image_size, image_size, 1),
+        "input_shape": (-1, image_size, image_size, channels),
         "input_dtype": np.float32,
         "num_train_examples": len(train_y),
         "num_eval_examples": len(test_y),

@@ -211,9 +211,14 @@ def build_digits_detection(
     max_boxes: int = MAX_DIGITS,
     min_scale: float = 0.5,
     max_scale: float = 1.5,
+    flip: bool = False,
     shuffle_buffer: int = 1000,
 ) -> dataset_utils.Dataset:
-    """Writes the data set on first use, then reads it like coco/2017 (train / test)."""
+    """Writes the data set on first use, then reads it like coco/2017 (train / test).
+
+    `flip` (random horizontal flips in training) is off by default: a mirrored digit is
+    not the same digit (or not a digit), unlike COCO's objects.
+    """
     from scenic.dataset_lib import detection_dataset
 
     return detection_dataset.build_coco_detection(
@@ -229,5 +234,6 @@ def build_digits_detection(
         eval_split="test",
         min_scale=min_scale,
         max_scale=max_scale,
+        flip=flip,
         shuffle_buffer=shuffle_buffer,
     )

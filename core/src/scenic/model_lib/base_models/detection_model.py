@@ -208,25 +208,32 @@ class DetectionModel(BaseModel):
             box_utils.cxcywh_to_xyxy(pred[..., None, :]),
             box_utils.cxcywh_to_xyxy(true[..., None, :]),
         )[..., 0, 0]
+        matched_logits = jnp.take_along_axis(logits, rows[..., None], 1)
+        correct = jnp.argmax(matched_logits, -1) == matched_labels
         return {
             "class": class_sum,
             "bbox": jnp.sum(jnp.where(matched, l1, 0.0)),
             "giou": jnp.sum(jnp.where(matched, 1.0 - giou, 0.0)),
-        }
+        }, jnp.sum(jnp.where(matched, correct, False)).astype(jnp.float32)
 
     def loss_terms(self, outputs, batch):
         """Every unnormalised loss term on this device and its number of real targets.
 
         Names: `loss_class`, `loss_bbox`, `loss_giou`, then `loss_class_aux{i}` ... for
-        `aux_outputs[i]`; `loss` is their weighted total.
+        `aux_outputs[i]`; `loss` is their weighted total. `class_accuracy` counts the real
+        targets whose matched query (final output) has the target's class as its top class
+        (DETR's `class_error` is 100 x (1 - class_accuracy)).
         """
         labels, boxes, valid, example_mask = targets_of(batch)
         aux = outputs.get("aux_outputs") or []
         terms, total = {}, 0.0
         for suffix, output in [("", outputs), *((f"_aux{i}", o) for i, o in enumerate(aux))]:
-            for name, value in self.loss_sums(output, labels, boxes, valid, example_mask).items():
+            sums, correct = self.loss_sums(output, labels, boxes, valid, example_mask)
+            for name, value in sums.items():
                 terms[f"loss_{name}{suffix}"] = value
                 total = total + self.option(f"{name}_loss_coef") * value
+            if not suffix:
+                terms["class_accuracy"] = correct
         terms["loss"] = total
         return terms, jnp.sum(valid).astype(jnp.float32)
 
