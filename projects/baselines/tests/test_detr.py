@@ -287,3 +287,55 @@ if __name__ == "__main__":
     halves = jax.tree.map(lambda x: x.reshape(2, x.shape[0] // 2, *x.shape[1:]), detection_batch())
     gradients = jax.tree.map(lambda x: x[0], loss_gradients(halves))
     print(json.dumps({k: v.tolist() for k, v in flat(gradients).items()}))
+
+
+# --- the shipped COCO config ------------------------------------------------------------
+
+
+def test_detr_coco_recipe_applies_to_detr_r50_parameters():
+    """Its optimizer on DETR-R50's real parameter tree (shapes only): every frozen-parameter
+    and lr-multiplier pattern matches (a pattern matching nothing is an error), exactly the
+    stem, stage 1 and every BatchNorm scale / bias are frozen, the rest of the backbone
+    trains at 1e-5 and the transformer at 1e-4, dropping x0.1 at epoch 200."""
+    import optax
+
+    from scenic.common_lib import config_utils
+    from scenic.train_lib import optimizers, trainer
+    from scenic_baselines.configs import detr_coco
+
+    config = config_utils.load_config("detr_coco", "scenic_baselines.configs")
+    model = detr.DETR(num_classes=91, **config.model)
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32))
+    )["params"]
+    steps = int(config.num_training_epochs * detr_coco.STEPS_PER_EPOCH)
+    tx, lr_fn = trainer.make_optimizer(config, steps)
+    params = jax.tree.map(lambda s: np.full(s.shape, 0.5, np.float32), shapes)
+    grads = jax.tree.map(np.ones_like, params)
+    state = tx.init(params)  # raises if any pattern matches no parameter
+    updates, _ = jax.jit(tx.update)(grads, state, params)
+    flat = {
+        optimizers.param_path(path): np.asarray(u)
+        for path, u in jax.tree_util.tree_flatten_with_path(updates)[0]
+    }
+    frozen = {
+        name
+        for name in flat
+        if name.startswith(("backbone/stem_", "backbone/stage_1_"))
+        or (name.startswith("backbone/") and "bn" in name.split("/")[-2])
+    }
+    assert frozen and any("stage_4" in name for name in frozen)  # BN of every stage
+    for name, update in flat.items():
+        if name in frozen:
+            assert not np.any(update), name
+        else:
+            assert np.all(update != 0), name
+    # Adam's first step moves every trainable weight by lr (before decay; clipping
+    # rescales the gradient, not Adam's normalised step): backbone 1e-5, the rest 1e-4.
+    kernel = lambda name: float(np.abs(flat[name]).max())
+    assert kernel("backbone/stage_2_block_0/conv1/kernel") == pytest.approx(1e-5, rel=1e-2)
+    assert kernel("class_head/kernel") == pytest.approx(1e-4, rel=1e-2)
+    drop = 200 * detr_coco.STEPS_PER_EPOCH
+    assert float(lr_fn(drop - 1)) == pytest.approx(1e-4)
+    assert float(lr_fn(drop)) == pytest.approx(1e-5)
+    assert isinstance(tx, optax.GradientTransformation)
