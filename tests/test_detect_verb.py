@@ -91,6 +91,7 @@ def test_detections_are_the_models_top_k_in_pixels(detector_workdir, tmp_path, c
     result = cli(
         "detect", str(folder), "--workdir", str(workdir), "--out", str(out),
         "--threshold", "0", "--top-k", "7", "--batch", "2",
+        "--checkpoint", str(workdir / "checkpoints" / "1"),
     )  # fmt: skip
     assert result.returncode == 3, result.stderr[-3000:]  # one file skipped
     skipped = [line for line in result.stderr.splitlines() if "skipped" in line]
@@ -126,7 +127,7 @@ def test_detections_are_the_models_top_k_in_pixels(detector_workdir, tmp_path, c
         np.testing.assert_allclose([d["box_xyxy"] for d in found], xyxy[i], atol=0.02)
 
 
-def test_missing_path_is_refused_before_anything_is_written(detector_workdir, tmp_path, cli):
+def test_bad_paths_are_refused_before_anything_is_written(detector_workdir, tmp_path, cli):
     workdir, _, _ = detector_workdir
     out = tmp_path / "out"
     missing = tmp_path / "nowhere.png"
@@ -136,3 +137,14 @@ def test_missing_path_is_refused_before_anything_is_written(detector_workdir, tm
         f"scenic-baselines: error: {missing} does not exist."
     ]
     assert not out.exists()
+    image = tmp_path / "canvas.png"
+    write_png(image, canvas_image(0))
+    elsewhere = tmp_path / "checkpoints" / "1"  # a step folder, but not of this workdir
+    elsewhere.mkdir(parents=True)
+    result = cli("detect", str(image), "--workdir", str(workdir), "--checkpoint", str(elsewhere))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"scenic-baselines: error: --checkpoint {elsewhere}: expected a step number or a step "
+        f"folder in {(workdir / 'checkpoints').resolve()}."
+    ]
+    assert not (workdir / "detect").exists()

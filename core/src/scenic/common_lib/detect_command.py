@@ -2,7 +2,7 @@
 `DetectionModel` (`make_main(commands={"detect": detect_command.command()})`).
 
     scenic-<name> detect --workdir DIR IMAGE_OR_FOLDER... [--threshold T] [--out DIR]
-        [--checkpoint STEP] [--batch N] [--top-k K]
+        [--checkpoint STEP_OR_PATH] [--batch N] [--top-k K]
 
 Each image is resized (longer side to the training canvas, bilinear) into the top-left of
 the canvas with a padding mask, exactly as the evaluation pipeline does, and the model runs
@@ -41,7 +41,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--workdir", required=True, help="the training run's workdir")
     parser.add_argument("--out", default=None, help="output folder (default WORKDIR/detect)")
     parser.add_argument("--threshold", type=float, default=0.5, help="minimum score kept")
-    parser.add_argument("--checkpoint", type=int, default=None, help="step (default: latest)")
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="a step, or its folder WORKDIR/checkpoints/STEP (default: the latest)",
+    )
     parser.add_argument("--batch", type=int, default=8, help="images per forward pass")
     parser.add_argument("--top-k", type=int, default=100, help="detections kept per image")
 
@@ -64,6 +68,22 @@ def image_paths(arguments: list[str]) -> list[pathlib.Path]:
         else:
             raise UsageError(f"{path} does not exist.")
     return paths
+
+
+def checkpoint_step(value: str | None, workdir: str) -> int | None:
+    """`--checkpoint` as a step: a number, or a step folder `WORKDIR/checkpoints/STEP` of
+    this workdir; UsageError for anything else."""
+    from scenic.common_lib.runner import UsageError
+
+    if value is None or value.isdigit():
+        return None if value is None else int(value)
+    path = pathlib.Path(value)
+    checkpoints = (pathlib.Path(workdir) / "checkpoints").resolve()
+    if not (path.is_dir() and path.name.isdigit() and path.resolve().parent == checkpoints):
+        raise UsageError(
+            f"--checkpoint {value}: expected a step number or a step folder in {checkpoints}."
+        )
+    return int(path.name)
 
 
 def load_image(path: pathlib.Path) -> np.ndarray:
@@ -100,7 +120,8 @@ def run(args, context) -> int:
     paths = image_paths(args.images)
     if args.batch < 1 or args.top_k < 1 or not 0.0 <= args.threshold <= 1.0:
         raise UsageError("--batch and --top-k must be >= 1 and --threshold in [0, 1].")
-    trained = context.load_trained_model(args.workdir, step=args.checkpoint)
+    step = checkpoint_step(args.checkpoint, args.workdir)
+    trained = context.load_trained_model(args.workdir, step=step)
     if not hasattr(trained.model, "softmax"):
         raise UsageError(
             f"--workdir {args.workdir} holds a {trained.config.model_name}, not a detector."
