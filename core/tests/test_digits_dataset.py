@@ -61,6 +61,18 @@ def test_eval_batches_cover_the_test_set_with_padding():
     assert batches[-1]["batch_mask"].sum() == 40
 
 
+def test_three_channels_repeat_the_gray_level():
+    gray, rgb = build(), build(channels=3)
+    assert rgb.meta_data["input_shape"] == (-1, 16, 16, 3)
+    for a, b in [(next(gray.train_batches(1)), next(rgb.train_batches(1))),
+                 (next(iter(gray.eval_batches())), next(iter(rgb.eval_batches())))]:  # fmt: skip
+        assert b["inputs"].shape == (*a["inputs"].shape[:-1], 3)
+        np.testing.assert_array_equal(b["inputs"], np.repeat(a["inputs"], 3, -1))
+        np.testing.assert_array_equal(b["label"], a["label"])
+    with pytest.raises(ValueError, match="channels must be 1 or 3, got 2"):
+        build(channels=2)
+
+
 def test_registry_names_unknown_data_sets():
     with pytest.raises(datasets.UnknownDatasetError, match="Unknown data set 'digitz'.*'digits'"):
         datasets.get_dataset_builder("digitz")
