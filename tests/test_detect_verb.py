@@ -21,7 +21,7 @@ from scenic_baselines.models import MODELS
 CANVAS = 64
 CLASS_NAMES = [f"digit{i}" for i in range(10)]
 TINY_DETR = dict(
-    backbone_num_layers=18,
+    backbone_num_layers=10,
     backbone_num_filters=4,
     backbone_stage=3,
     hidden_size=16,
