@@ -28,6 +28,9 @@ Models (batch from the table unless --batch; the default run is the four ViTs):
              8x16x16x1 clips, 40 classes, batch 128
   vivit_b16x2_fe       ViViT-B/16x2 factorised encoder (model and optimizer of
              vivit_b16x2_fe_k400), 32x224x224x3 clips, 400 classes, batch 2
+  tokenlearner_moving_digits  the model and optimizer of scenic_tokenlearner's config of that
+             name (the same clips as vivit_moving_digits), batch 128
+  tokenlearner_digits  scenic_tokenlearner's image demo model (16x16x1, 10 classes), batch 128
 ViTs use AdamW; every model a constant learning rate.
 
 Speed levers, one per flag so each is measured rather than assumed: --compute-dtype bfloat16
@@ -56,19 +59,25 @@ VIT_SHAPES = {
         image=(224, 224, 3), patch=16, width=384, layers=12, heads=6, mlp=1536, batch=32
     ),
 }
-# name -> (scenic_vivit config module, input shape, classes, default batch)
-VIVIT_BENCHES = {
-    "vivit_moving_digits": ("vivit_moving_digits", (8, 16, 16, 1), 40, 128),
-    "vivit_b16x2_fe": ("vivit_b16x2_fe_k400", (32, 224, 224, 3), 400, 2),
+# name -> (a project's config module, input shape, classes, default batch)
+PROJECT_BENCHES = {
+    "vivit_moving_digits": ("scenic_vivit.configs.vivit_moving_digits", (8, 16, 16, 1), 40, 128),
+    "vivit_b16x2_fe": ("scenic_vivit.configs.vivit_b16x2_fe_k400", (32, 224, 224, 3), 400, 2),
+    "tokenlearner_moving_digits": (
+        "scenic_tokenlearner.configs.tokenlearner_moving_digits", (8, 16, 16, 1), 40, 128
+    ),
+    "tokenlearner_digits": (
+        "scenic_tokenlearner.configs.tokenlearner_digits", (16, 16, 1), 10, 128
+    ),
 }
-BENCHES = (*VIT_SHAPES, *VIVIT_BENCHES)
+BENCHES = (*VIT_SHAPES, *PROJECT_BENCHES)
 DEFAULT_BENCHES = tuple(VIT_SHAPES)
 NUM_CLASSES = 10
 
 
 def input_shape_of(name: str) -> tuple[int, ...]:
     """One example's shape (image HWC or clip THWC) of bench `name`."""
-    return VIT_SHAPES[name]["image"] if name in VIT_SHAPES else VIVIT_BENCHES[name][1]
+    return VIT_SHAPES[name]["image"] if name in VIT_SHAPES else PROJECT_BENCHES[name][1]
 
 
 def synthetic_dataset(shape, batch: int, num_classes: int = NUM_CLASSES, seed: int = 0):
@@ -131,8 +140,8 @@ def config_for(
     else:
         import importlib
 
-        module, _, _, default_batch = VIVIT_BENCHES[name]
-        published = importlib.import_module(f"scenic_vivit.configs.{module}").get_config()
+        module, _, _, default_batch = PROJECT_BENCHES[name]
+        published = importlib.import_module(module).get_config()
         model_name, model = published.model_name, published.model.to_dict()
         optimizer = published.optimizer.to_dict()
         batch = batch or default_batch
@@ -164,6 +173,8 @@ def config_for(
 def model_registry(model_name: str) -> dict[str, type]:
     if model_name.startswith("vivit"):
         from scenic_vivit.models import MODELS
+    elif model_name.startswith("tokenlearner"):
+        from scenic_tokenlearner.models import MODELS
     else:
         from scenic_baselines.models import MODELS
     return MODELS
@@ -249,7 +260,7 @@ def measure(
     if steps < 2:
         raise ValueError(f"steps must be >= 2 (the first step compiles), got {steps}.")
     shape = tuple(input_shape or input_shape_of(name))
-    num_classes = VIVIT_BENCHES[name][2] if name in VIVIT_BENCHES else NUM_CLASSES
+    num_classes = PROJECT_BENCHES[name][2] if name in PROJECT_BENCHES else NUM_CLASSES
     # One step more than timed, stopped after `steps`: the trainer then checkpoints but skips
     # the final evaluation (and compiling its eval step), which a benchmark does not need.
     model_name, config = config_for(name, steps + 1, batch, compute_dtype, remat)
@@ -337,7 +348,7 @@ def main() -> None:
         )
         rate, per_example = result["examples_per_sec"], result["flops_per_example"]
         achieved = rate * per_example if per_example else float("nan")
-        unit = "clips" if name in VIVIT_BENCHES else "images"
+        unit = "clips" if len(input_shape_of(name)) == 4 else "images"
         gflop = f"{per_example / 1e9:9.3f}" if per_example else f"{'n/a':>9s}"
         temp = result["temp_bytes"]
         temp = f"{temp / 2**20:9.1f}" if temp is not None else f"{'n/a':>9s}"

@@ -1,0 +1,1 @@
+"""Configs shipped with scenic-tokenlearner; `scenic-tokenlearner list-configs` lists them."""
