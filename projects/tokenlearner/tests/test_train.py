@@ -1,10 +1,9 @@
-"""Both demos train a few steps through the `scenic-tokenlearner` CLI, at tiny sizes, and
+"""The video demo trains a few steps through the `scenic-tokenlearner` CLI, at tiny sizes, and
 `eval` reproduces the final metrics from the checkpoint."""
 
 import json
 
 import numpy as np
-import pytest
 
 from scenic_tokenlearner.cli import main
 
@@ -23,15 +22,12 @@ TINY = [
 ]
 
 
-@pytest.mark.parametrize(
-    "config, extra",
-    [
-        ("tokenlearner_moving_digits", ["--config.model.token_fuser=True"]),
-        ("tokenlearner_digits", ["--config.model.stochastic_depth=0.1"]),
-    ],
-)
-def test_demo_trains_and_evaluates(tmp_path, config, extra):
+def test_video_demo_trains_and_evaluates(tmp_path):
+    """With TokenFuser and stochastic depth on (the image demo's model is traced in
+    test_model.py; its config resolves in test_configs.py)."""
     workdir = tmp_path / "run"
+    extra = ["--config.model.token_fuser=True", "--config.model.stochastic_depth=0.1"]
+    config = "tokenlearner_moving_digits"
     assert main(["train", "--config", config, "--workdir", str(workdir), *TINY, *extra]) == 0
     final = json.loads((workdir / "final_metrics.json").read_text())
     assert final["step"] == 2 and 0.0 <= final["accuracy"] <= 1.0
