@@ -2,11 +2,17 @@ r"""scenic-tokenlearner train --config tokenlearner_moving_digits --workdir /tmp
 
 The video demo: ViViT tubelets with a TokenLearner, on built-in moving digits (no download),
 measured against scenic-vivit's `vivit_moving_digits` demo (see the project README).
+Expected, measured on a 2-core AMD EPYC (Zen 5, AVX-512) CPU: 95.90% / 96.11% / 95.42% test
+accuracy for seeds 0 / 1 / 2 after 114-155 s of training (2,000 steps at 1,741-2,372
+clips/s), with 0.0094 forward GFLOPs per clip: 43% fewer than the ViViT demo (96.53% median
+on the same machine, 1,194-1,294 clips/s). `--config.model.tokenlearner_loc=None` trains
+the same model without the TokenLearner.
 
 Moving digits: a scikit-learn digit moves across a 16x16 canvas for 8 frames in one of 4
 directions; the label is digit x direction (40 classes). Tubelets of 2x4x4 give 4 x 4x4
-tokens; the TokenLearner (v1.1) learns `num_tokens` tokens per temporal index before block
-`tokenlearner_loc`, and the blocks after it attend jointly over those.
+tokens; the TokenLearner (v1.1) learns 6 tokens per temporal index before block 0, and the
+3 blocks after it attend jointly over those 24 tokens. The ViViT demo's 1,200 steps are not
+enough for this model (93.82% for seed 0): it trains 2,000, still in less wall time.
 """
 
 import ml_collections
