@@ -125,12 +125,12 @@ def test_sigkill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path, cli
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "at step 4." in resumed.stderr
     assert steps_saved(workdir) == [4, 8, 12]
-    full = cli(*args, "--workdir", str(tmp_path / "full"))
-    assert full.returncode == 0, full.stderr[-3000:]
-    jax.tree.map(np.testing.assert_array_equal, params_at(tmp_path / "full", 4), good)
-    jax.tree.map(
-        np.testing.assert_array_equal, params_at(tmp_path / "full", 12), params_at(workdir, 12)
-    )
+    # The kept checkpoint is the one the resumed run started from, untouched (that resuming
+    # is exact, against an uninterrupted run, is the SIGTERM test's check).
+    jax.tree.map(np.testing.assert_array_equal, params_at(workdir, 4), good)
+    final = params_at(workdir, 12)
+    assert any(np.abs(a - b).max() > 0 for a, b in zip(jax.tree.leaves(final),
+                                                        jax.tree.leaves(good)))
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_last_good_checkpoint(

@@ -9,7 +9,6 @@ from scipy.special import erf
 
 from scenic_tokenlearner.modules import TokenFuser, TokenLearnerV1, TokenLearnerV11
 
-jax.config.update("jax_enable_x64", False)
 
 
 def f64(tree):
