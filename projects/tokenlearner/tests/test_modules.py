@@ -10,7 +10,6 @@ from scipy.special import erf
 from scenic_tokenlearner.modules import TokenFuser, TokenLearnerV1, TokenLearnerV11
 
 
-
 def f64(tree):
     return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
 
