@@ -6,7 +6,13 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
-from sklearn.metrics import average_precision_score, balanced_accuracy_score, recall_score
+import scipy.stats
+from sklearn.metrics import (
+    average_precision_score,
+    balanced_accuracy_score,
+    recall_score,
+    roc_auc_score,
+)
 
 from scenic.model_lib import model_utils
 from scenic.model_lib.base_models import (
@@ -92,6 +98,23 @@ def test_evaluate_computes_map_without_padded_examples():
     )
     metrics = run_evaluate(model, batches)
     assert metrics["mAP"] == pytest.approx(model_utils.mean_average_precision(scores, labels))
+    auc = np.mean([roc_auc_score(labels[:, c], scores[:, c]) for c in range(3)])
+    assert metrics["AUC"] == pytest.approx(auc, rel=1e-12)
+    assert metrics["d_prime"] == pytest.approx(np.sqrt(2) * scipy.stats.norm.ppf(auc), rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_roc_auc_matches_scikit_learn_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 60))
+    scores = np.round(rng.normal(size=n), 1)  # coarse: many ties, also across classes
+    labels = rng.random(n) < rng.uniform(0.1, 0.9)
+    labels[:2] = [True, False]
+    assert model_utils.roc_auc(scores, labels) == pytest.approx(
+        roc_auc_score(labels, scores), rel=1e-12
+    )
+    assert np.isnan(model_utils.roc_auc(scores, np.ones(n)))  # no negative
+    assert np.isnan(model_utils.roc_auc(scores, np.zeros(n)))  # no positive
 
 
 def test_evaluate_computes_iou_from_the_summed_confusion_matrix():

@@ -328,7 +328,7 @@ def build_audiovisual_tfrecord(
         clip=spectrogram,
         augment=mask_spectrogram if spec_augment else None,
     )
-    return video_dataset.read_clips(
+    ds = video_dataset.read_clips(
         clips,
         batch_size=batch_size,
         eval_batch_size=eval_batch_size,
@@ -345,3 +345,28 @@ def build_audiovisual_tfrecord(
         extras=[audio] if with_audio else [],
         check=audio_record_check(audio_feature if with_audio else None, num_mel_bins, sample_rate),
     )
+    # How a clip becomes model input, so that a trained model can be run on new records or
+    # video files exactly as it was evaluated (e.g. `scenic-mbt predict`).
+    ds.meta_data["eval_pipeline"] = {
+        "reader": "audiovisual_tfrecord",
+        "modalities": list(modalities),
+        "num_frames": num_frames,
+        "stride": stride,
+        "image_size": image_size,
+        "resize_size": resize_size,
+        "channels": channels,
+        "audio_feature": audio_feature,
+        "num_spec_frames": num_spec_frames,
+        "num_mel_bins": num_mel_bins,
+        "sample_rate": sample_rate,
+        "stft_frame_length": stft_frame_length,
+        "stft_frame_step": stft_frame_step,
+        "fft_length": fft_length,
+        "lower_edge_hertz": lower_edge_hertz,
+        "upper_edge_hertz": upper_edge_hertz,
+        "log_offset": log_offset,
+        "num_test_clips": num_test_clips,
+        "num_test_crops": num_test_crops,
+        "multi_label": multi_label,
+    }
+    return ds

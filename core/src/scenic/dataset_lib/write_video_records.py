@@ -12,12 +12,17 @@ holding one sub-folder of frame images per video (`frame_0000.jpg`, ...) and/or 
 (decoded with PyAV or imageio, whichever is installed):
 
     python -m scenic.dataset_lib.write_video_records --input DIR --output PREFIX \
-        --labels labels.csv [--class-names classes.txt] [--num-shards 4] [--audio AUDIO_DIR]
+        --labels labels.csv [--class-names classes.txt] [--num-shards 4] \
+        [--audio AUDIO_DIR | --audio-from-video [--sample-rate 16000]]
 
 `labels.csv` has one `video_id,label` row per video (`video_id` is the sub-folder or file name
 without extension); a label is a class index or a class name, several separated by `;`.
 `--audio` names a folder with `<video_id>.wav` (PCM, read with Python's `wave`; channels are
 averaged) or `<video_id>.npy` (a float log-mel array [time steps, mel bins]) per video.
+`--audio-from-video` (instead of `--audio`; needs PyAV) stores each video file's own sound track
+as the waveform, decoded, averaged to mono and resampled to `--sample-rate` Hz (default 16000),
+as for AudioSet / VGGSound-style audio-visual records; then every input must be a video file
+with an audio stream (a frame folder or a silent video is an error naming it).
 """
 
 from __future__ import annotations
@@ -195,6 +200,14 @@ def read_frame_folder(folder: pathlib.Path, quality: int = 95) -> list[bytes]:
     return frames
 
 
+def _av_error(av):
+    """PyAV's base error class (`av.FFmpegError`; `av.AVError` in old versions)."""
+    for owner, name in ((av, "FFmpegError"), (getattr(av, "error", None), "FFmpegError")):
+        if getattr(owner, name, None) is not None:
+            return getattr(owner, name)
+    return av.AVError
+
+
 def decode_video_file(path: pathlib.Path) -> np.ndarray:
     """uint8 RGB frames [T, H, W, 3] of a video file, through PyAV or else imageio."""
     try:
@@ -202,8 +215,13 @@ def decode_video_file(path: pathlib.Path) -> np.ndarray:
     except ImportError:
         av = None
     if av is not None:
-        with av.open(str(path)) as container:
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        try:
+            with av.open(str(path)) as container:
+                if not container.streams.video:
+                    raise ValueError(f"Video file {path} has no video stream.")
+                frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        except _av_error(av) as e:
+            raise ValueError(f"Video file {path} cannot be decoded by PyAV: {e}") from None
     else:
         try:
             import imageio.v3 as iio
@@ -217,6 +235,46 @@ def decode_video_file(path: pathlib.Path) -> np.ndarray:
     if not frames:
         raise ValueError(f"Video file {path} has no frames.")
     return np.stack(frames).astype(np.uint8)
+
+
+def decode_audio_track(path: str | pathlib.Path, sample_rate: int) -> np.ndarray:
+    """float32 mono samples in [-1, 1] at `sample_rate` Hz of a video file's sound track.
+
+    Decodes the file's first audio stream with PyAV, resamples it to `sample_rate` (keeping the
+    channels) and averages the channels, as `read_wav` does. (Averaging here, not FFmpeg's mono
+    downmix: that one sums stereo as (L + R) / sqrt(2), which can pass full scale.) Lossy codecs
+    can overshoot full scale a little; such samples are clipped to [-1, 1]. The length can
+    exceed the stream's nominal duration by the codec's padding (e.g. up to one AAC frame).
+    Raises ValueError naming the file when PyAV cannot open or decode it, when it has no audio
+    stream or when the stream decodes to no samples.
+    """
+    try:
+        import av
+    except ImportError:
+        raise ImportError(
+            f"Reading the sound track of {path} needs PyAV (`pip install av`)."
+        ) from None
+    is_int = isinstance(sample_rate, (int, np.integer)) and not isinstance(sample_rate, bool)
+    if not is_int or sample_rate <= 0:
+        raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}.")
+    chunks = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise ValueError(
+                    f"Video file {path} has no audio stream (a silent video): no sound track "
+                    "to take."
+                )
+            resampler = av.AudioResampler(format="fltp", layout=None, rate=int(sample_rate))
+            for frame in container.decode(container.streams.audio[0]):
+                chunks.extend(f.to_ndarray() for f in resampler.resample(frame))
+            chunks.extend(f.to_ndarray() for f in resampler.resample(None))  # flush
+    except _av_error(av) as e:
+        raise ValueError(f"Video file {path} cannot be decoded by PyAV: {e}") from None
+    if not chunks or not sum(c.shape[-1] for c in chunks):
+        raise ValueError(f"The audio stream of video file {path} decodes to no samples.")
+    samples = np.concatenate(chunks, axis=-1).astype(np.float32).mean(axis=0)
+    return np.clip(samples, -1.0, 1.0).astype(np.float32)
 
 
 def read_wav(path: str | pathlib.Path) -> tuple[np.ndarray, int]:
@@ -292,9 +350,16 @@ def folder_examples(
     names: list[str],
     quality,
     audio_dir: str | None = None,
+    audio_from_video_rate: int | None = None,
 ):
     """Examples for every frame folder / video file in `input_dir`, in name order (with the
-    audio of `audio_dir/<video_id>.wav|.npy` when `audio_dir` is given)."""
+    audio of `audio_dir/<video_id>.wav|.npy` when `audio_dir` is given, or with each video
+    file's own sound track at `audio_from_video_rate` Hz when that is given).
+
+    The folder, labels and audio source are checked on the call, before any file is written;
+    the videos are then read one by one as the returned iterator is consumed."""
+    if audio_dir and audio_from_video_rate is not None:
+        raise ValueError("Give audio_dir or audio_from_video_rate, not both.")
     entries = sorted(pathlib.Path(input_dir).iterdir())
     videos = [p for p in entries if p.is_dir() or p.suffix.lower() in VIDEO_SUFFIXES]
     if not videos:
@@ -302,6 +367,20 @@ def folder_examples(
     missing = [p.stem for p in videos if p.stem not in labels]
     if missing:
         raise ValueError(f"No label for {len(missing)} videos, e.g. {missing[:3]}.")
+    if audio_from_video_rate is not None:
+        if audio_from_video_rate <= 0:
+            raise ValueError(f"audio_from_video_rate must be > 0, got {audio_from_video_rate}.")
+        folders = [p for p in videos if p.is_dir()]
+        if folders:
+            raise ValueError(
+                f"{folders[0]} is a frame folder, with no sound track to take the audio from "
+                f"({len(folders)} such folder(s)); --audio-from-video needs video files (or "
+                "use --audio with a folder of .wav / .npy files)."
+            )
+    return _read_examples(videos, labels, names, quality, audio_dir, audio_from_video_rate)
+
+
+def _read_examples(videos, labels, names, quality, audio_dir, audio_from_video_rate):
     for p in videos:
         if p.is_dir():
             frames = read_frame_folder(p, quality)
@@ -316,6 +395,9 @@ def folder_examples(
         }
         if audio_dir:
             example.update(read_audio(audio_dir, p.stem))
+        elif audio_from_video_rate is not None:
+            example["waveform"] = decode_audio_track(p, audio_from_video_rate)
+            example["sample_rate"] = int(audio_from_video_rate)
         yield example
 
 
@@ -327,13 +409,29 @@ def main(argv=None) -> int:
     parser.add_argument("--class-names", help="text file, one class name per line (index order)")
     parser.add_argument("--num-shards", type=int, default=1)
     parser.add_argument("--quality", type=int, default=95, help="JPEG quality for re-encoding")
-    parser.add_argument(
+    audio = parser.add_mutually_exclusive_group()
+    audio.add_argument(
         "--audio", help="folder of <video_id>.wav (PCM) or <video_id>.npy (log-mel [T, bins])"
     )
+    audio.add_argument(
+        "--audio-from-video",
+        action="store_true",
+        help="store each video file's own sound track (PyAV) as the waveform",
+    )
+    parser.add_argument(
+        "--sample-rate",
+        type=int,
+        help="Hz of the --audio-from-video waveform (default 16000)",
+    )
     args = parser.parse_args(argv)
+    if args.sample_rate is not None and not args.audio_from_video:
+        parser.error("--sample-rate applies only with --audio-from-video")
+    if args.sample_rate is not None and args.sample_rate <= 0:
+        parser.error(f"--sample-rate must be > 0, got {args.sample_rate}")
+    rate = (args.sample_rate or 16000) if args.audio_from_video else None
     labels, names = read_labels(args.labels, args.class_names)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    examples = folder_examples(args.input, labels, names, args.quality, args.audio)
+    examples = folder_examples(args.input, labels, names, args.quality, args.audio, rate)
     paths = write_video_records(examples, args.output, args.num_shards, args.quality)
     if names and not args.class_names:
         with open(f"{args.output}.classes.txt", "w") as f:

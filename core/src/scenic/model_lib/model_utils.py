@@ -181,3 +181,35 @@ def mean_average_precision(scores, labels) -> float:
     per_class = [average_precision(scores[:, c], labels[:, c]) for c in range(scores.shape[1])]
     per_class = [ap for ap in per_class if not np.isnan(ap)]
     return float(np.mean(per_class)) if per_class else 0.0
+
+
+def roc_auc(scores, labels) -> float:
+    """Area under the ROC curve of one class: the probability that a random positive scores
+    above a random negative, ties counting one half (the Mann-Whitney statistic, equal to
+    scikit-learn's `roc_auc_score`). NaN without both a positive and a negative."""
+    from scipy.stats import rankdata
+
+    scores = np.asarray(scores, np.float64)
+    labels = np.asarray(labels) > 0
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if not positives or not negatives:
+        return float("nan")
+    ranks = rankdata(scores)  # average ranks: ties share
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def mean_roc_auc(scores, labels) -> float:
+    """Mean over classes (with a positive and a negative) of `roc_auc`; `[N, C]`."""
+    scores, labels = np.asarray(scores), np.asarray(labels)
+    per_class = [roc_auc(scores[:, c], labels[:, c]) for c in range(scores.shape[1])]
+    per_class = [a for a in per_class if not np.isnan(a)]
+    return float(np.mean(per_class)) if per_class else float("nan")
+
+
+def d_prime(auc: float) -> float:
+    """AudioSet's d-prime: the separation of two unit-variance Gaussians with this ROC AUC,
+    sqrt(2) * Phi^-1(AUC) (Gemmeke et al., 2017; Hershey et al., 2017)."""
+    from scipy.stats import norm
+
+    return float(np.sqrt(2.0) * norm.ppf(auc))
+

@@ -40,7 +40,7 @@ class TrainedModel:
     def __post_init__(self):
         self._apply = jax.jit(
             lambda variables, inputs: precision.to_float32(
-                self.model.flax_model.apply(variables, inputs, train=False)
+                self.model.inference_apply(variables, inputs)
             )
         )
 

@@ -381,7 +381,7 @@ def log_model_size(model, state: TrainState) -> float | None:
     """Logs the parameter count and forward GFLOPs per example; returns the FLOPs."""
     params = state.params
     flops = debug_utils.compiled_flops(
-        lambda p, x: model.flax_model.apply({"params": p, **state.model_state}, x, train=False),
+        lambda p, x: model.inference_apply({"params": p, **state.model_state}, x),
         jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params),
         model.input_spec(),
     )

@@ -48,6 +48,12 @@ class BaseModel:
         from it. Default: the data set's `input_shape` / `input_dtype`."""
         return input_spec_from_meta_data(self.dataset_meta_data)
 
+    def inference_apply(self, variables, inputs):
+        """One inference forward pass: what the logged FLOPs per example count and what a
+        loaded `TrainedModel` runs. Default: the module in eval mode. A model whose eval pass
+        also computes diagnostics (MBT's single-modality logits) leaves them out here."""
+        return self.flax_model.apply(variables, inputs, train=False)
+
     def loss_and_metrics(self, outputs, batch, model_params=None, axis_name: str | None = None):
         """(loss, metrics) of one training step, from one pass over the outputs.
 

@@ -111,10 +111,12 @@ class MultiLabelClassificationModel(BaseModel):
         return {"scores": logits, "labels": batch["label"]}
 
     def global_metrics(self, totals, examples):
-        """Mean average precision over classes with a positive (AudioSet's mAP)."""
+        """AudioSet's metrics over the whole eval set: mean average precision over classes
+        with a positive (`mAP`), mean ROC AUC over classes with a positive and a negative
+        (`AUC`) and its `d_prime`."""
         if not examples:
             return {}
-        return {"mAP": model_utils.mean_average_precision(examples["scores"], examples["labels"])}
+        return multilabel_metrics(examples["scores"], examples["labels"])
 
     def per_example_metrics(self, logits, batch):
         targets = batch["label"].astype(jnp.float32)
@@ -122,3 +124,14 @@ class MultiLabelClassificationModel(BaseModel):
             "prec@1": model_utils.top1_is_positive(logits, targets),
             "loss": model_utils.sigmoid_cross_entropy(logits, targets),
         }
+
+
+def multilabel_metrics(scores, labels) -> dict[str, float]:
+    """`mAP`, `AUC` and `d_prime` of scores `[N, C]` against multi-hot labels `[N, C]`."""
+    auc = model_utils.mean_roc_auc(scores, labels)
+    return {
+        "mAP": model_utils.mean_average_precision(scores, labels),
+        "AUC": auc,
+        "d_prime": model_utils.d_prime(auc) if np.isfinite(auc) else float("nan"),
+    }
+
