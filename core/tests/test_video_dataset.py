@@ -209,6 +209,39 @@ def test_wrap_shift_rolls_each_clip_as_a_whole(records):
     np.testing.assert_array_equal(again["inputs"], shifted["inputs"])
 
 
+def translation_of(shifted: np.ndarray, plain: np.ndarray, pixels: int):
+    """The (rows, columns) translation, black filled, that turns `plain` into `shifted`."""
+    height, width = plain.shape[1:3]
+    pad = [(0, 0), (pixels, pixels), (pixels, pixels), (0, 0)]
+    padded = np.pad(plain, pad, constant_values=-1)
+    for dy in range(-pixels, pixels + 1):
+        for dx in range(-pixels, pixels + 1):
+            top, left = pixels - dy, pixels - dx
+            window = padded[:, top : top + height, left : left + width]
+            if np.array_equal(window, shifted):
+                return dy, dx
+    return None
+
+
+def test_shift_pixels_translates_each_clip_as_a_whole(records):
+    def first_batch(**kwargs):
+        args = {"train_crop": "none", "random_flip": False, "batch_size": 6, **kwargs}
+        return next(build(records, **args).train_batches(3))
+
+    plain, shifted = first_batch(), first_batch(shift_pixels=2)
+    np.testing.assert_array_equal(plain["label"], shifted["label"])
+    moves = [translation_of(s, p, 2) for s, p in zip(shifted["inputs"], plain["inputs"])]
+    assert None not in moves  # one translation for every frame of a clip, black filled
+    assert len(set(moves)) > 1 and any(m != (0, 0) for m in moves)
+    assert all(max(abs(dy), abs(dx)) <= 2 for dy, dx in moves)
+    np.testing.assert_array_equal(first_batch(shift_pixels=2)["inputs"], shifted["inputs"])
+    # A new augmentation key leaves the existing augmentations' draws unchanged.
+    flipped = first_batch(random_flip=True)
+    both = first_batch(random_flip=True, shift_pixels=2)
+    for f, b in zip(flipped["inputs"], both["inputs"]):
+        assert translation_of(b, f, 2) is not None
+
+
 @pytest.mark.parametrize("crop", ["random_resized", "multi_scale", "none"])
 def test_train_crops_and_flip_keep_shapes(records, crop):
     batch = next(build(records, train_crop=crop, image_size=12, batch_size=6).train_batches(0))
@@ -355,6 +388,7 @@ def test_records_not_in_the_layout_raise_errors_naming_file_and_video(tmp_path):
         (dict(batch_size=3, process_count=2), "batch_size", 3),
         (dict(eval_batch_size=3, process_count=2), "eval_batch_size", 3),
         (dict(decode_once=True, in_memory=False), "in_memory", False),
+        (dict(shift_pixels=-1), "shift_pixels", -1),
     ],
 )
 def test_each_bad_argument_is_named_before_any_file_is_read(tmp_path, kwargs, name, value):

@@ -191,6 +191,7 @@ def build_audiovisual_tfrecord(
     crop_area_range: tuple[float, float] = (0.3, 1.0),
     crop_aspect_ratio_range: tuple[float, float] = (3 / 4, 4 / 3),
     random_flip: bool = True,
+    shift_pixels: int = 0,
     audio_feature: str = "melspec",
     num_spec_frames: int = 100,
     num_mel_bins: int = 128,
@@ -280,6 +281,7 @@ def build_audiovisual_tfrecord(
         random_flip=random_flip,
         num_test_clips=num_test_clips,
         num_test_crops=num_test_crops,
+        shift_pixels=shift_pixels,
     )
     spec_shape = (num_spec_frames, num_mel_bins, 1)
     clip_span = (num_frames - 1) * stride + 1

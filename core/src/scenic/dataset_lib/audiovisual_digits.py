@@ -159,6 +159,7 @@ def build_audiovisual_digits(
     process_count: int = 1,
     data_dir: str | None = None,
     modalities=audiovisual_dataset.MODALITIES,
+    shift_pixels: int = 0,
     spec_augment: bool = True,
     spec_time_masks: int = 2,
     spec_time_mask_max: int = 3,
@@ -173,7 +174,8 @@ def build_audiovisual_digits(
     'spectrogram': [B, 16, 32, 1] log-mel} (the `modalities` asked for), 10 classes.
 
     `multi_label`: labels as multi-hot [10] floats (one-hot here: one digit per clip), for
-    sigmoid models and mAP. `num_test_clips`: views of the multi-view eval pass."""
+    sigmoid models and mAP. `num_test_clips`: views of the multi-view eval pass.
+    `shift_pixels`: train clips translated by up to this many pixels (as `digits`)."""
     folder = prepare(data_dir)
     ds = audiovisual_dataset.build_audiovisual_tfrecord(
         batch_size=batch_size,
@@ -190,6 +192,7 @@ def build_audiovisual_digits(
         channels=1,
         train_crop="none",  # digits are centred; a crop or flip would change them
         random_flip=False,
+        shift_pixels=shift_pixels,
         audio_feature="waveform",
         num_spec_frames=NUM_SPEC_FRAMES,
         num_mel_bins=NUM_MEL_BINS,

@@ -77,9 +77,11 @@ class ClipArgs:
     num_test_clips: int
     num_test_crops: int
     random_wrap_shift: bool = False
+    shift_pixels: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "resize_size", self.resize_size or self.image_size)
+        check_at_least(0, shift_pixels=self.shift_pixels)
         check_at_least(
             1,
             num_frames=self.num_frames,
@@ -207,7 +209,8 @@ def read_clips(
 
     def train_example(record, position):
         n, frames_at, label, _, parsed = (open_decoded if decode_once else open_video)(record)
-        keys = video_ops.example_keys(seed, position, 4)  # start, crop, flip, wrap / extras
+        # start, crop, flip, wrap / extras, shift (salts: a new key leaves the others alone)
+        keys = video_ops.example_keys(seed, position, 5)
         start = video_ops.random_clip_start(n, num_frames, stride, keys[0])
         inputs = {}
         if with_rgb:
@@ -223,6 +226,8 @@ def read_clips(
                 crop_aspect_ratio_range=clips.crop_aspect_ratio_range,
                 random_flip=clips.random_flip,
                 wrap_shift_key=keys[3] if clips.random_wrap_shift else None,
+                shift_key=keys[4],
+                shift_pixels=clips.shift_pixels,
             )
             inputs["rgb"] = tf.ensure_shape(frames, clips.shape)
         for m in extras:
@@ -327,6 +332,7 @@ def build_video_tfrecord(
     crop_aspect_ratio_range: tuple[float, float] = (3 / 4, 4 / 3),
     random_flip: bool = True,
     random_wrap_shift: bool = False,
+    shift_pixels: int = 0,
     num_test_clips: int = 1,
     num_test_crops: int = 1,
     multi_label: bool = False,
@@ -345,6 +351,8 @@ def build_video_tfrecord(
       train_crop: 'random_resized', 'multi_scale' or 'none'; random_flip: horizontal flip.
       random_wrap_shift: shift each train clip by a uniform random (rows, columns), wrapping
         around the edges; only for videos drawn on a torus, such as moving_digits.
+      shift_pixels: translate each train clip by up to this many pixels in each direction
+        (uncovered pixels black), after the crop: small centred images such as digits.
       num_test_clips, num_test_crops (1 or 3): views of `multiview_eval_batches`.
       multi_label: `label` is a multi-hot float32 [num_classes] instead of the first index.
       in_memory: hold the records in memory (else read by offset, for data of any size).
@@ -365,6 +373,7 @@ def build_video_tfrecord(
         num_test_clips=num_test_clips,
         num_test_crops=num_test_crops,
         random_wrap_shift=random_wrap_shift,
+        shift_pixels=shift_pixels,
     )
     return read_clips(
         clips,

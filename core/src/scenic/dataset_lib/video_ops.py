@@ -236,9 +236,13 @@ def augment_train_clip(
     crop_aspect_ratio_range,
     random_flip: bool,
     wrap_shift_key=None,
+    shift_key=None,
+    shift_pixels: int = 0,
 ):
     """uint8 [T, H, W, C] -> float [T, S, S, C] in [-1, 1]: one crop and flip for the clip,
-    then, given `wrap_shift_key`, one uniform toroidal shift (rows, columns) of the clip."""
+    then, given `shift_key`, one translation of the clip by (rows, columns) each uniform in
+    [-shift_pixels, shift_pixels] (uncovered pixels black), and given `wrap_shift_key`, one
+    uniform toroidal shift (rows, columns) of the clip."""
     import tensorflow as tf
 
     if train_crop == "random_resized":
@@ -252,12 +256,27 @@ def augment_train_clip(
     if random_flip:
         flip = tf.random.stateless_uniform([], seed=flip_key) < 0.5
         frames = tf.cond(flip, lambda: tf.reverse(frames, [2]), lambda: frames)
+    if shift_key is not None and shift_pixels:
+        frames = random_translate(frames, shift_key, shift_pixels)
     if wrap_shift_key is not None:
         shift = tf.random.stateless_uniform(
             [2], seed=wrap_shift_key, maxval=image_size, dtype=tf.int32
         )
         frames = tf.roll(frames, shift, axis=[1, 2])
     return to_float(frames)
+
+
+def random_translate(frames, key, pixels: int):
+    """[T, H, W, C] shifted by (rows, columns) each uniform in [-pixels, pixels], the same for
+    every frame; pixels moved in from outside are 0 (the small-shift augmentation that
+    makes small ViTs generalise on digits, as `digits_dataset.shift_pixels`)."""
+    import tensorflow as tf
+
+    height, width = tf.shape(frames)[1], tf.shape(frames)[2]
+    offset = tf.random.stateless_uniform([2], seed=key, maxval=2 * pixels + 1, dtype=tf.int32)
+    padded = tf.pad(frames, [[0, 0], [pixels, pixels], [pixels, pixels], [0, 0]])
+    moved = tf.slice(padded, [0, offset[0], offset[1], 0], [-1, height, width, -1])
+    return tf.ensure_shape(moved, frames.shape)
 
 
 def eval_clip_views(frames, num_clips: int, num_crops: int, clip_shape, resize_size: int):
