@@ -2,6 +2,7 @@
 tokens, mixup, multi-view test), eval, and predict on records and on video files, checked
 against the model run directly on the reader's batches; bad inputs are one-line errors."""
 
+import functools
 import json
 
 import numpy as np
@@ -64,13 +65,20 @@ def check_train_and_eval(run):
         np.testing.assert_allclose(evaluated[key], final[key], rtol=1e-5)
 
 
-def expected_scores(workdir, files, num_clips):
-    """Softmax of the averaged multi-view logits, straight from the reader and the model."""
-    from scenic.train_lib import trained_model, trainer
+@functools.cache
+def load_trained(workdir):
+    from scenic.train_lib import trained_model
     from scenic_mbt.models import MODELS
 
     config, _ = predict_config(workdir)
-    trained = trained_model.load_trained_model(MODELS[config.model_name], config, workdir)
+    return trained_model.load_trained_model(MODELS[config.model_name], config, workdir)
+
+
+def expected_scores(workdir, files, num_clips):
+    """Softmax of the averaged multi-view logits, straight from the reader and the model."""
+    from scenic.train_lib import trainer
+
+    trained = load_trained(workdir)
     meta = trainer.load_meta_data(workdir)
     arguments = predict.reader_arguments(meta["eval_pipeline"], "waveform", num_clips)
     ds = audiovisual_dataset.build_audiovisual_tfrecord(

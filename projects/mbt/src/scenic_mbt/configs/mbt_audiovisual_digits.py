@@ -6,6 +6,11 @@ occluded, and the tone only names the pair {d, d + 5}: audio alone can reach 50%
 alone about 69%, the two together ~100%. Eval reports the fused accuracy and, from the same
 checkpoint, `rgb_only_accuracy` and `spectrogram_only_accuracy`.
 
+Expected, measured on a 2-core AMD EPYC (Zen 4, AVX-512) CPU: 99.72% / 99.44% / 99.72% test
+accuracy for seeds 0 / 1 / 2 after 141-158 s of training (1,200 steps at ~530-600 clips/s),
+0.0214 GFLOPs per clip; the same checkpoints give ~65.6% video alone and ~49.4% audio
+alone. See the project README's table for the other variants.
+
 The variants of the README's table, same command with `--config mbt_audiovisual_digits:V`:
 `bottleneck` (the default: 4 bottleneck tokens from layer 2 of 4), `early` (joint
 attention from layer 0), `late` (no exchange; logits averaged), `audio` and `video` (the
