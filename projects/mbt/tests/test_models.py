@@ -103,3 +103,29 @@ def test_multihead_splits_verb_and_noun_in_every_view():
     ce = lambda x: -(log_softmax(x[:, :3])[np.arange(5), verb] + log_softmax(x[:, 3:])[np.arange(5), noun])  # noqa: E501
     expected = (ce(np.asarray(outputs["logits"])) + ce(np.asarray(outputs["logits_rgb_only"]))) / 2
     assert float(loss) == pytest.approx(expected.mean(), rel=1e-5)
+
+
+def test_init_from_vit_npz_through_the_model(tmp_path):
+    """`config.init_from_vit` reads a published-layout ViT .npz (flat '/' names) into both
+    encoders of a fresh run's parameters."""
+    import jax
+    from flax import traverse_util
+
+    from scenic_baselines.vit import ViT
+
+    vit = ViT(num_classes=0, patch_size=(4, 4), hidden_size=8, num_layers=2, num_heads=2,
+              mlp_dim=8, classifier="token")  # fmt: skip
+    vit_params = vit.init({"params": jax.random.key(0)}, jnp.zeros((1, 16, 16, 3)))["params"]
+    flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(vit_params).items()}
+    np.savez(tmp_path / "vit.npz", **flat)
+    settings = {"checkpoint": str(tmp_path / "vit.npz"), "kernel_init": "average"}
+    model = make("mbt_classification", 5, init_from_vit=settings)
+    inputs = {m: jnp.zeros((1, *s[1:])) for m, s in SHAPES.items()}
+    params = model.flax_model.init({"params": jax.random.key(1)}, inputs)["params"]
+    new, message = model.initialize_params(params)
+    assert "vit.npz" in message and "average" in message
+    block = "encoderblock_1/MlpBlock_3/Dense_0/kernel"
+    for encoder in ("encoder_rgb", "encoder_spectrogram"):
+        got = traverse_util.flatten_dict(new, sep="/")[f"{encoder}/{block}"]
+        np.testing.assert_array_equal(got, flat[f"Transformer/{block}"])
+    assert make("mbt_classification", 5).initialize_params(params) == (params, None)
