@@ -124,8 +124,12 @@ def reference_logits(params, kw, inputs, present):
 
 CASES = {
     "bottleneck": {},
-    "bottleneck_shared_token": {"share_encoder": True, "classifier": "token"},
-    "early_fusion": {"n_bottlenecks": 0, "fusion_layer": 0},
+    "early_fusion_shared_token": {
+        "n_bottlenecks": 0,
+        "fusion_layer": 0,
+        "share_encoder": True,
+        "classifier": "token",
+    },
     "late_fusion": {"fusion_layer": 3},
 }
 

@@ -74,8 +74,11 @@ def load_trained(workdir):
     return trained_model.load_trained_model(MODELS[config.model_name], config, workdir)
 
 
-def expected_scores(workdir, files, num_clips):
-    """Softmax of the averaged multi-view logits, straight from the reader and the model."""
+@functools.cache
+def expected_scores(workdir, records):
+    """Softmax of the averaged multi-view logits (the run's clips), straight from the reader
+    and the model, for every video of `records`."""
+    files, num_clips = [records], None
     from scenic.train_lib import trainer
 
     trained = load_trained(workdir)
@@ -108,12 +111,12 @@ def check_predict_on_records(run, tmp_path, capsys):
     workdir, data = run
     records = f"{data}/test.tfrecord"
     out = tmp_path / "predictions.json"
-    argv = ["predict", "--workdir", str(workdir), records, "--top-k", "3", "--num-clips", "3"]
+    argv = ["predict", "--workdir", str(workdir), records, "--top-k", "3"]  # the run's 2 clips
     assert main([*argv, "--output", str(out)]) == 0
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     written = json.loads(out.read_text())
     assert printed == written and len(written) == 360
-    expected = expected_scores(workdir, [records], 3)
+    expected = expected_scores(workdir, records)
     for result in written[::37]:
         scores = expected[result["video_id"]]
         top = np.argsort(-scores, kind="stable")[:3]
@@ -157,7 +160,7 @@ def check_predict_on_video_files(run, tmp_path, capsys):
     assert main(["predict", "--workdir", str(workdir), *map(str, videos), "--top-k", "10"]) == 0
     results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["input"] for r in results] == [str(v) for v in videos]
-    expected = expected_scores(workdir, [f"{data}/test.tfrecord"], 1)
+    expected = expected_scores(workdir, f"{data}/test.tfrecord")
     for k, result in zip((0, 5), results):
         record_id = next(v for v in expected if v.startswith(f"test-{k:04d}-"))
         got = np.zeros(10)
