@@ -25,7 +25,7 @@ from scenic.model_lib.base_models.classification_model import (
     multilabel_metrics,
 )
 from scenic_mbt.model import MBT, build_model
-from scenic_vivit.models import ViViTMultiHeadClassification
+from scenic_vivit.models import ViViTMultiHeadClassification, check_init_from_vit
 
 INIT_FROM_VIT_KEYS = ("checkpoint", "kernel_init")
 EXCLUDED_FIELDS = ("num_classes", "modalities", "parent", "name")
@@ -47,17 +47,7 @@ class _MBTModel:
 
     @classmethod
     def check_config(cls, config):
-        import pathlib
-
-        from scenic.common_lib.config_utils import ConfigError, check_keys
-
-        settings = config.get("init_from_vit")
-        if not settings:
-            return
-        check_keys(settings, INIT_FROM_VIT_KEYS, "init_from_vit")
-        path = settings.get("checkpoint")
-        if path and not pathlib.Path(path).exists():
-            raise ConfigError(f"init_from_vit.checkpoint {path!r} does not exist.")
+        check_init_from_vit(config, INIT_FROM_VIT_KEYS)
 
     @property
     def modalities(self) -> tuple[str, ...]:

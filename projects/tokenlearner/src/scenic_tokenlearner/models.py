@@ -14,6 +14,7 @@ from scenic.model_lib.base_models.classification_model import (
     MultiLabelClassificationModel,
 )
 from scenic_tokenlearner.model import TokenLearnerViT, build_model
+from scenic_vivit.models import check_init_from_vit
 
 INIT_FROM_VIT_KEYS = ("checkpoint", "kernel_init")
 
@@ -32,17 +33,7 @@ class _TokenLearnerModel:
 
     @classmethod
     def check_config(cls, config):
-        import pathlib
-
-        from scenic.common_lib.config_utils import ConfigError, check_keys
-
-        settings = config.get("init_from_vit")
-        if not settings:
-            return
-        check_keys(settings, INIT_FROM_VIT_KEYS, "init_from_vit")
-        path = settings.get("checkpoint")
-        if path and not pathlib.Path(path).exists():
-            raise ConfigError(f"init_from_vit.checkpoint {path!r} does not exist.")
+        check_init_from_vit(config, INIT_FROM_VIT_KEYS)
 
     def build_flax_model(self):
         return build_model(self.config.model, self.dataset_meta_data["num_classes"])

@@ -31,6 +31,22 @@ def _vivit_fields() -> tuple[str, ...]:
 INIT_FROM_VIT_KEYS = ("checkpoint", "kernel_init", "temporal_init")
 
 
+def check_init_from_vit(config, keys: tuple[str, ...]) -> None:
+    """`config.init_from_vit`, if set: only `keys`, and a checkpoint path that exists (a
+    ConfigError otherwise). Shared by the projects that start from an image ViT."""
+    import pathlib
+
+    from scenic.common_lib.config_utils import ConfigError, check_keys
+
+    settings = config.get("init_from_vit")
+    if not settings:
+        return
+    check_keys(settings, keys, "init_from_vit")
+    path = settings.get("checkpoint")
+    if path and not pathlib.Path(path).exists():
+        raise ConfigError(f"init_from_vit.checkpoint {path!r} does not exist.")
+
+
 class InitFromViT:
     """Reads `config.init_from_vit` ({checkpoint: a published ViT .npz or a scenic-baselines
     ViT workdir, kernel_init: 'central_frame' | 'average' | 'arp', temporal_init: 'fresh' |
@@ -38,17 +54,7 @@ class InitFromViT:
 
     @classmethod
     def check_config(cls, config):
-        import pathlib
-
-        from scenic.common_lib.config_utils import ConfigError, check_keys
-
-        settings = config.get("init_from_vit")
-        if not settings:
-            return
-        check_keys(settings, INIT_FROM_VIT_KEYS, "init_from_vit")
-        path = settings.get("checkpoint")
-        if path and not pathlib.Path(path).exists():
-            raise ConfigError(f"init_from_vit.checkpoint {path!r} does not exist.")
+        check_init_from_vit(config, INIT_FROM_VIT_KEYS)
 
     def initialize_params(self, params):
         settings = self.config.get("init_from_vit")
