@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from scenic_baselines import detr, resnet, vit
+from scenic_baselines import detr, mixer, resnet, vit
 
 
 def _vit_fields() -> tuple[str, ...]:
@@ -32,6 +32,9 @@ MODELS = {
     # config.model: the constructor fields of detr.DETR; the criterion's keys (matcher,
     # loss weights, eval_top_k, ...) are top-level, as for any DetectionModel.
     "detr": detr.DETRDetectionModel,
+    # config.model: the constructor fields of mixer.Mixer (model_config_keys).
+    "mixer_classification": mixer.MixerClassificationModel,
+    "mixer_multilabel_classification": mixer.MixerMultiLabelClassificationModel,
 }
 
 
