@@ -17,6 +17,14 @@ backbone brings its running statistics along.
   - every other shape mismatch, model param missing from the checkpoint (unless
     `allow_missing`) and unused checkpoint array (unless `allow_unused`) is an error that
     lists them all.
+
+Other weight-file layouts (timm or Hugging Face files, other codebases' checkpoints) come
+from projects, which know their models' names: a project registers a `CheckpointFormat`
+(`register_format`) whose `read` returns the file's arrays renamed and laid out as its
+model's parameters. `init_from.checkpoint` is then auto-detected among the registered
+formats (each `detect`s its own files from their names) before the built-in 'npz' and
+'orbax'; `init_from.format` names one explicitly. Errors name the format the file was read
+as, and registered formats carry parameters only (no model state).
 """
 
 from __future__ import annotations
@@ -25,21 +33,135 @@ import dataclasses
 import math
 import pathlib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import flax.traverse_util
 import jax
 import ml_collections
 import numpy as np
 
-from scenic.common_lib.config_utils import ConfigError, check_keys
+from scenic.common_lib.config_utils import ConfigError, check_keys, did_you_mean
 
-CONFIG_KEYS = ("checkpoint", "rename", "reinit", "posemb", "allow_missing", "allow_unused")
+CONFIG_KEYS = (
+    "checkpoint",
+    "format",
+    "rename",
+    "reinit",
+    "posemb",
+    "allow_missing",
+    "allow_unused",
+)
 POSEMB = r"(.*/)?pos_embedding"
+#: The layouts the core reads itself (`load_params`): name -> how errors describe it.
+BUILTIN_FORMATS = {
+    "npz": "flat .npz of '/'-joined parameter names",
+    "orbax": "scenic / Orbax checkpoint",
+}
 
 
 class PretrainedInitError(ValueError):
     """The checkpoint does not fit the model; the message lists every problem."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointFormat:
+    """A weight-file layout that a project teaches `init_from` to read (`register_format`).
+
+    Attributes:
+      name: the `init_from.format` value.
+      description: how messages name it ("timm ViT .safetensors").
+      detect: `detect(path) -> bool`: the file or folder at `path` is in this format. It
+        must be cheap (names, not arrays) and never raise.
+      read: `read(path, model_shapes) -> {'/'-joined name: array}`: the file's arrays
+        renamed and laid out as the model's parameters. `model_shapes` ({name: shape} of
+        the fresh parameters, possibly empty) lets it lay out what the file leaves implicit
+        (e.g. the number of attention heads of a fused projection). A file that does not
+        fit the format raises PretrainedInitError naming every missing, mis-shaped or
+        unexpected array in the file's own names.
+    """
+
+    name: str
+    description: str
+    detect: Callable[[pathlib.Path], bool]
+    read: Callable[[pathlib.Path, Mapping[str, tuple[int, ...]]], dict[str, np.ndarray]]
+
+
+_FORMATS: dict[str, CheckpointFormat] = {}
+
+
+def register_format(checkpoint_format: CheckpointFormat) -> None:
+    """Makes `init_from` read `checkpoint_format` (registering the same object twice is a
+    no-op; another format under a taken name is a ValueError)."""
+    known = _FORMATS.get(checkpoint_format.name)
+    if known is checkpoint_format:
+        return
+    if known is not None or checkpoint_format.name in BUILTIN_FORMATS:
+        raise ValueError(f"Checkpoint format {checkpoint_format.name!r} is already registered.")
+    _FORMATS[checkpoint_format.name] = checkpoint_format
+
+
+def list_formats() -> list[str]:
+    return sorted({*BUILTIN_FORMATS, *_FORMATS})
+
+
+def describe_format(name: str) -> str:
+    if name in _FORMATS:
+        return f"{_FORMATS[name].description} (format {name!r})"
+    return f"{BUILTIN_FORMATS[name]} (format {name!r})"
+
+
+def detect_format(path: str | pathlib.Path) -> str:
+    """The format name of the file or folder at `path`: the one registered format that
+    detects it, else 'npz' for an .npz file and 'orbax' for a folder."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise PretrainedInitError(f"Pretrained checkpoint {path} does not exist.")
+    matches = [name for name, fmt in _FORMATS.items() if fmt.detect(path)]
+    if len(matches) > 1:
+        raise PretrainedInitError(
+            f"Pretrained checkpoint {path} fits several formats ({', '.join(matches)}); "
+            "set init_from.format to one of them."
+        )
+    if matches:
+        return matches[0]
+    if path.is_dir():
+        return "orbax"
+    if path.suffix == ".npz":
+        return "npz"
+    known = "; ".join(f"{name}: {describe_format(name)}" for name in list_formats())
+    raise PretrainedInitError(
+        f"Cannot tell the format of pretrained file {path}. init_from reads {known}. "
+        "If it is one of these, set init_from.format."
+    )
+
+
+def read_pretrained(
+    path: str | pathlib.Path,
+    format: str | None = None,
+    model_shapes: Mapping[str, tuple[int, ...]] | None = None,
+) -> tuple[dict[str, np.ndarray], str]:
+    """({'/'-joined name: array}, the description of the format it was read as) for the
+    parameters in `path`, read as `format` (None or 'auto': `detect_format`)."""
+    path = pathlib.Path(path)
+    name = detect_format(path) if format in (None, "", "auto") else format
+    if name not in _FORMATS and name not in BUILTIN_FORMATS:
+        raise PretrainedInitError(_unknown_format(name))
+    described = describe_format(name)
+    if name in BUILTIN_FORMATS:
+        return load_params(path), described
+    if not path.exists():
+        raise PretrainedInitError(f"Pretrained checkpoint {path} does not exist.")
+    try:
+        return _FORMATS[name].read(path, dict(model_shapes or {})), described
+    except PretrainedInitError as error:
+        raise PretrainedInitError(f"{path} read as {described}: {error}") from None
+
+
+def _unknown_format(name) -> str:
+    return (
+        f"init_from.format {name!r} is unknown.{did_you_mean(str(name), list_formats())} "
+        f"Known: auto, {', '.join(list_formats())}."
+    )
 
 
 @dataclasses.dataclass
@@ -237,6 +359,9 @@ def check_config(config: ml_collections.ConfigDict | None) -> None:
     path = config.get("checkpoint")
     if path and not pathlib.Path(path).exists():
         raise ConfigError(f"init_from.checkpoint {path!r} does not exist.")
+    name = config.get("format")
+    if name not in (None, "", "auto") and name not in list_formats():
+        raise ConfigError(_unknown_format(name))
 
 
 def model_state_from_config(model_state, config: ml_collections.ConfigDict | None):
@@ -244,6 +369,11 @@ def model_state_from_config(model_state, config: ml_collections.ConfigDict | Non
     (renamed) name and shape copied from `config.init_from.checkpoint`'s model state;
     returns (model state, names loaded). Model state the checkpoint lacks stays fresh."""
     if not config or not config.get("checkpoint") or not model_state:
+        return model_state, []
+    format_name = config.get("format")
+    if format_name in (None, "", "auto"):
+        format_name = detect_format(config.checkpoint)
+    if format_name in _FORMATS:  # a registered format carries parameters only
         return model_state, []
     restored = load_params(config.checkpoint, "model_state")
     by_collection: dict[str, dict] = {}
@@ -264,18 +394,24 @@ def model_state_from_config(model_state, config: ml_collections.ConfigDict | Non
 
 
 def from_config(params, config: ml_collections.ConfigDict | None):
-    """Applies `config.init_from` (keys: checkpoint, rename, reinit, posemb, allow_missing,
-    allow_unused) to fresh `params`; returns (params, InitSummary or None if unset)."""
+    """Applies `config.init_from` (keys: checkpoint, format, rename, reinit, posemb,
+    allow_missing, allow_unused) to fresh `params`; returns (params, InitSummary or None
+    if unset). Errors name the format the checkpoint was read as."""
     if not config or not config.get("checkpoint"):
         if config:
             check_keys(config, CONFIG_KEYS, "init_from")
         return params, None
     check_keys(config, CONFIG_KEYS, "init_from")
     settings = config.to_dict()
-    restored = load_params(settings.pop("checkpoint"))
+    path = settings.pop("checkpoint")
+    shapes = {name: tuple(np.shape(value)) for name, value in flatten(params).items()}
+    restored, described = read_pretrained(path, settings.pop("format", None), shapes)
     rename = settings.pop("rename", ())
     if any(isinstance(r, str) or len(r) != 2 for r in rename):
         raise ConfigError(f"init_from.rename must be ((regex, replacement), ...), got {rename!r}.")
     reinit = settings.pop("reinit", ())
     reinit = (reinit,) if isinstance(reinit, str) else tuple(reinit)
-    return init_from(params, restored, rename=rename, reinit=reinit, **settings)
+    try:
+        return init_from(params, restored, rename=rename, reinit=reinit, **settings)
+    except PretrainedInitError as error:
+        raise PretrainedInitError(f"{path} read as {described}: {error}") from None

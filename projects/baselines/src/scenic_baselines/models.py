@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import scenic_baselines.vit_weights  # noqa: F401  (registers ViT weight formats with init_from)
 from scenic_baselines import detr, mixer, resnet, vit
 
 
