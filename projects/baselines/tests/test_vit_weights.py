@@ -32,7 +32,8 @@ LINEN = ("LayerNorm_0", "MultiHeadDotProductAttention_0", "LayerNorm_1", "MlpBlo
 
 def vit_model(**overrides):
     kwargs = dict(num_classes=CLASSES, patch_size=(PATCH, PATCH), hidden_size=WIDTH,
-                  num_layers=LAYERS, num_heads=HEADS, mlp_dim=MLP)  # fmt: skip
+                  num_layers=LAYERS, num_heads=HEADS, mlp_dim=MLP,
+                  exact_gelu=True, layer_norm_epsilon=1e-12)  # Hugging Face's  # fmt: skip
     return vit.ViT(**{**kwargs, **overrides})
 
 
@@ -44,7 +45,8 @@ APPLY = jax.jit(MODEL.apply)
 @pytest.fixture(scope="module")
 def hf(tmp_path_factory):
     """A Hugging Face ViTForImageClassification with every array random (LayerNorms and
-    biases too), LayerNorm epsilon and GELU (tanh) set as ours; its saved folder, the arrays
+    biases too) and Hugging Face's own GELU (exact) and LayerNorm epsilon (1e-12), which
+    our ViT is set to; its saved folder, the arrays
     as its files name them, random images and its logits on them."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
@@ -53,8 +55,9 @@ def hf(tmp_path_factory):
     config = transformers.ViTConfig(
         image_size=IMAGE, patch_size=PATCH, num_channels=3, hidden_size=WIDTH,
         num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=MLP,
-        num_labels=CLASSES, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh",
+        num_labels=CLASSES,
     )  # fmt: skip
+    assert (config.hidden_act, config.layer_norm_eps) == ("gelu", 1e-12)  # HF's defaults
     torch.manual_seed(0)
     model = transformers.ViTForImageClassification(config).eval()
     with torch.no_grad():
@@ -355,7 +358,7 @@ def numpy_map_vit(p, images):
 
 
 def test_big_vision_map_head_against_a_float64_numpy_vit(hf, tmp_path):
-    model = vit_model(classifier="map")
+    model = vit_model(classifier="map", exact_gelu=False, layer_norm_epsilon=1e-6)  # big_vision
     fresh = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, IMAGE, IMAGE, 3))))
     rng = np.random.default_rng(1)
     prefix = "Transformer/encoderblock_0/"

@@ -10,6 +10,7 @@ MultiHeadDotProductAttention_1, LayerNorm_2, MlpBlock_3}`, `encoder_norm`, `MAPH
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -93,6 +94,11 @@ class EncoderBlock(nn.Module):
     (ViViT's factorised dot-product attention, for one) keeps a ViT block's parameter tree.
     `attention_branch` and `mlp_branch` are the two residual branches before stochastic
     depth, for blocks that arrange them differently.
+
+    `exact_gelu` and `layer_norm_epsilon`: the JAX originals (vit_jax, big_vision, Scenic)
+    use the tanh GELU and epsilon 1e-6 (the defaults); timm and Hugging Face ViTs the exact
+    (erf) GELU, and Hugging Face epsilon 1e-12. Their weights give the same logits only with
+    their settings (about 2e-4 relative apart otherwise).
     """
 
     mlp_dim: int
@@ -102,10 +108,12 @@ class EncoderBlock(nn.Module):
     stochastic_depth: float = 0.0
     dtype: jnp.dtype | None = None
     attention: Callable[..., nn.Module] = layers.MultiHeadAttention
+    exact_gelu: bool = False
+    layer_norm_epsilon: float = 1e-6
 
     def attention_branch(self, x, deterministic: bool, norm_name: str, attention_name: str):
         """Dropout(Attn(LN(x)))."""
-        y = nn.LayerNorm(dtype=self.dtype, name=norm_name)(x)
+        y = nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype, name=norm_name)(x)
         y = self.attention(
             num_heads=self.num_heads,
             dropout_rate=self.attention_dropout_rate,
@@ -116,10 +124,11 @@ class EncoderBlock(nn.Module):
 
     def mlp_branch(self, x, deterministic: bool, norm_name: str, mlp_name: str):
         """MLP(LN(x)) (the MLP has its own dropout)."""
-        y = nn.LayerNorm(dtype=self.dtype, name=norm_name)(x)
+        y = nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype, name=norm_name)(x)
         return layers.MlpBlock(
             mlp_dim=self.mlp_dim,
             dropout_rate=self.dropout_rate,
+            activation=functools.partial(nn.gelu, approximate=not self.exact_gelu),
             dtype=self.dtype,
             name=mlp_name,
         )(y, deterministic=deterministic)
@@ -174,6 +183,7 @@ class Encoder(nn.Module):
     dtype: jnp.dtype | None = None
     block: type[nn.Module] = EncoderBlock
     block_kwargs: Mapping[str, Any] = FrozenDict()
+    layer_norm_epsilon: float = 1e-6  # of `encoder_norm`; the blocks' is in `block_kwargs`
 
     def __post_init__(self):
         self.block_kwargs = FrozenDict(self.block_kwargs)  # a Flax module must hash
@@ -207,7 +217,7 @@ class Encoder(nn.Module):
                 name=f"encoderblock_{i}",
                 **self.block_kwargs,
             )(x, not train)
-        return nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x)
+        return nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype, name="encoder_norm")(x)
 
 
 class MAPHead(nn.Module):

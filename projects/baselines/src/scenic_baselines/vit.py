@@ -33,6 +33,10 @@ class ViT(nn.Module):
       representation_size: optional pre-logits Dense + tanh layer width.
       stochastic_depth: drop-path rate of the last layer; layer i uses i/(L-1) of it.
       head_bias_init: initial value of the classifier bias (-10 for multi-label).
+      exact_gelu, layer_norm_epsilon: the exact (erf) GELU and the encoder's LayerNorm
+        epsilon. The defaults (tanh GELU, 1e-6) are the JAX originals' (vit_jax, big_vision,
+        Scenic); timm ViTs need `exact_gelu=True`, Hugging Face ViTs also their epsilon
+        (1e-12) for the same logits (`vit_weights`).
       remat: recompute each encoder block's activations in the backward pass (about a
         quarter more compute; parameters are the same either way). Meant to save activation
         memory on accelerators; XLA:CPU was measured to save none (tools/README.md).
@@ -51,6 +55,8 @@ class ViT(nn.Module):
     attention_dropout_rate: float = 0.0
     stochastic_depth: float = 0.0
     head_bias_init: float = 0.0
+    exact_gelu: bool = False
+    layer_norm_epsilon: float = 1e-6
     remat: bool = False
     dtype: jnp.dtype | None = None
 
@@ -79,6 +85,11 @@ class ViT(nn.Module):
             stochastic_depth=self.stochastic_depth,
             remat=self.remat,
             dtype=self.dtype,
+            block_kwargs={
+                "exact_gelu": self.exact_gelu,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+            },
+            layer_norm_epsilon=self.layer_norm_epsilon,
             name="Transformer",
         )(x, train=train)
         x = vit_encoder.pool(

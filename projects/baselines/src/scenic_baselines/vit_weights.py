@@ -48,9 +48,11 @@ reported as not being in it). Detection is the default because a user holding a 
 rarely knows which of these layouts it is in.
 
 One difference is not in the weights: timm and Hugging Face ViTs use the exact (erf) GELU
-(and Hugging Face a LayerNorm epsilon of 1e-12), ours the tanh GELU and 1e-6, as the JAX
-originals do. With the same weights their logits differ from ours by about 2e-4 relative
-(measured on a random 4-layer ViT; the epsilon's share was below 1e-6).
+(and Hugging Face a LayerNorm epsilon of 1e-12), our ViT by default the tanh GELU and 1e-6,
+as the JAX originals do. With the same weights their logits differ from ours by about 2e-4
+relative (measured on a random 4-layer ViT; the epsilon's share was below 1e-6); for the
+same logits set `config.model.exact_gelu = True` (timm, Hugging Face) and
+`config.model.layer_norm_epsilon = 1e-12` (Hugging Face), as the golden tests do.
 """
 
 from __future__ import annotations
