@@ -16,7 +16,7 @@ import pytest
 from scenic.common_lib import config_utils, runner
 from scenic.common_lib.config_utils import ConfigError
 from scenic.common_lib.debug_utils import count_parameters
-from scenic.train_lib import optimizers, trainer
+from scenic.train_lib import optimizers
 from scenic_baselines import resnet
 from scenic_baselines.models import MODELS
 
@@ -392,39 +392,6 @@ def test_synchronised_batch_norm_uses_the_global_batch():
 
 
 # ------------------------------------------------------- through the trainer
-
-
-def test_resnet_classification_trains_through_the_core_trainer(tmp_path):
-    config = ml_collections.ConfigDict(
-        {
-            "model_name": "resnet_classification",
-            "dataset_name": "digits",
-            "dataset_configs": {"image_size": 8, "shift_pixels": 1},
-            "model": {"num_layers": 10, "num_filters": 4},
-            "batch_size": 16,
-            "eval_batch_size": 128,
-            "num_training_steps": 4,
-            "log_summary_steps": 4,
-            "log_eval_steps": 4,
-            "checkpoint_steps": 4,
-            "optimizer": {"name": "sgd", "momentum": 0.9, "weight_decay": 1e-4},
-            "lr_configs": {
-                "factors": "constant * linear_warmup * cosine_decay",
-                "base_learning_rate": 0.1,
-                "warmup_steps": 2,
-            },
-        }
-    )
-    config, model_cls = runner.resolve_config(config, MODELS)
-    assert model_cls is MODELS["resnet_classification"]
-    dataset = runner.build_dataset(config)
-    result = trainer.train(model_cls=model_cls, dataset=dataset, config=config, workdir=tmp_path)
-    assert result.completed and result.exit_code == 0
-    metrics = result.metrics
-    assert np.isfinite(metrics["loss"]) and 0.0 <= metrics["accuracy"] <= 1.0
-    stats = result.state["model_state"]["batch_stats"]["stem_bn"]["mean"]
-    assert np.abs(np.asarray(stats)).max() > 0  # running averages moved in training
-    assert (tmp_path / "final_metrics.json").exists()
 
 
 def test_feature_mode_is_rejected_for_classification():

@@ -11,7 +11,7 @@ import pytest
 
 from scenic.common_lib import config_utils, runner
 from scenic.common_lib.debug_utils import count_parameters
-from scenic.train_lib import pretrained_init, trainer
+from scenic.train_lib import pretrained_init
 from scenic.train_lib.pretrained_init import PretrainedInitError
 from scenic_baselines import bit_weights, vit_hybrid
 from scenic_baselines.models import MODELS
@@ -284,41 +284,6 @@ def test_a_wrong_file_gets_one_error_naming_every_bad_array(hf_hybrid_npz, tmp_p
 
 
 # ------------------------------------------------------- training
-
-
-def test_vit_hybrid_classification_trains_through_the_core_trainer(tmp_path):
-    config = ml_collections.ConfigDict(
-        {
-            "model_name": "vit_hybrid_classification",
-            "dataset_name": "digits",
-            "dataset_configs": {"image_size": 16, "shift_pixels": 1},
-            "model": {
-                "resnet_block_sizes": (1,),
-                "resnet_width": 8,
-                "num_groups": 4,
-                "hidden_size": 16,
-                "num_layers": 1,
-                "num_heads": 2,
-                "mlp_dim": 32,
-            },
-            "batch_size": 16,
-            "eval_batch_size": 128,
-            "num_training_steps": 3,
-            "log_summary_steps": 3,
-            "log_eval_steps": 3,
-            "checkpoint_steps": 3,
-            "optimizer": {"name": "adamw", "weight_decay": 1e-4},
-            "lr_configs": {"factors": "constant", "base_learning_rate": 1e-3},
-        }
-    )
-    config, model_cls = runner.resolve_config(config, MODELS)
-    result = trainer.train(
-        model_cls=model_cls, dataset=runner.build_dataset(config), config=config, workdir=tmp_path
-    )
-    assert result.completed and result.exit_code == 0
-    assert np.isfinite(result.metrics["loss"]) and 0.0 <= result.metrics["accuracy"] <= 1.0
-    assert np.abs(np.asarray(result.state["params"]["head"]["kernel"])).max() > 0
-    assert (tmp_path / "final_metrics.json").exists()
 
 
 def test_digits_config_resolves():

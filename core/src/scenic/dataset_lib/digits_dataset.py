@@ -48,13 +48,15 @@ def build_digits(
     test_fraction: float = 0.2,
     eval_on_train: bool = False,
     channels: int = 1,
+    onehot_labels: bool = False,
 ) -> dataset_utils.Dataset:
     """Builds the digits data set for this host (`process_index` of `process_count`).
 
     `eval_on_train` adds the (unshifted) training images as an extra eval split, 'train',
     reported beside the test split's metrics as `train/accuracy`, ... `channels=3` repeats
     the gray level into RGB (for a backbone that later reads RGB images, e.g. a detector
-    on `digits_detection`).
+    on `digits_detection`). `onehot_labels=True` gives float32 one-hot labels `[B, 10]`, the
+    multi-hot targets of a multi-label (sigmoid) model, with one positive class each.
     """
     if image_size < 8:
         raise ValueError(f"digits image_size must be >= 8, got {image_size}.")
@@ -67,6 +69,8 @@ def build_digits(
     import tensorflow as tf
 
     train_x, train_y, test_x, test_y = load_split(image_size, test_fraction)
+    if onehot_labels:
+        train_y, test_y = (np.eye(NUM_CLASSES, dtype=np.float32)[y] for y in (train_y, test_y))
     host_batch = dataset_utils.host_batch_size(batch_size, process_count)
     host_eval_batch = dataset_utils.host_batch_size(
         eval_batch_size, process_count, "eval_batch_size"
