@@ -67,10 +67,12 @@ CASES = {
     ),
     "bit_classification": ("bit_digits", ["--config.model.num_filters=8"]),
     "vit_hybrid_classification": ("vit_hybrid_digits", ["--config.model.num_layers=1"]),
+    "unet_segmentation": ("unet_digits_segmentation", ["--config.model.num_levels=2"]),
 }
 # What each kind of model reports in final_metrics.json.
 EXPECTED_METRIC = {
     "detr": "AP",
+    "unet_segmentation": "mean_iou",
     "vit_multilabel_classification": "mAP",
     "mixer_multilabel_classification": "mAP",
 }

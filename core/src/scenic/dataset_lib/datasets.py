@@ -16,14 +16,17 @@ _BUILTIN = {
     "audiovisual_tfrecord": "scenic.dataset_lib.audiovisual_dataset:build_audiovisual_tfrecord",
     "cifar10": "scenic.dataset_lib.tfds_classification:build_cifar10",
     "cifar100": "scenic.dataset_lib.tfds_classification:build_cifar100",
+    "cityscapes": "scenic.dataset_lib.segmentation_dataset:build_cityscapes",
     "coco": "scenic.dataset_lib.detection_dataset:build_coco_detection",
     "coco_json": "scenic.dataset_lib.coco_json:build_coco_json",
     "digits": "scenic.dataset_lib.digits_dataset:build_digits",
     "digits_detection": "scenic.dataset_lib.digits_detection:build_digits_detection",
+    "digits_segmentation": "scenic.dataset_lib.digits_segmentation:build_digits_segmentation",
     "fashion_mnist": "scenic.dataset_lib.tfds_classification:build_fashion_mnist",
     "imagenet2012": "scenic.dataset_lib.tfds_classification:build_imagenet2012",
     "mnist": "scenic.dataset_lib.tfds_classification:build_mnist",
     "moving_digits": "scenic.dataset_lib.moving_digits:build_moving_digits",
+    "oxford_iiit_pet": "scenic.dataset_lib.segmentation_dataset:build_oxford_iiit_pet",
     "video_tfrecord": "scenic.dataset_lib.video_dataset:build_video_tfrecord",
 }
 _REGISTERED: dict[str, Callable] = {}

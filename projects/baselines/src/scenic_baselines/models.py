@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import scenic_baselines.vit_weights  # noqa: F401  (registers ViT weight formats with init_from)
-from scenic_baselines import bit, detr, mixer, resnet, vit, vit_hybrid
+from scenic_baselines import bit, detr, mixer, resnet, unet, vit, vit_hybrid
 
 
 def _vit_fields() -> tuple[str, ...]:
@@ -36,6 +36,8 @@ MODELS = {
     # config.model: the constructor fields of mixer.Mixer (model_config_keys).
     "mixer_classification": mixer.MixerClassificationModel,
     "mixer_multilabel_classification": mixer.MixerMultiLabelClassificationModel,
+    # config.model: the constructor fields of unet.UNet (model_config_keys).
+    "unet_segmentation": unet.UNetSegmentationModel,
     # config.model: the constructor fields of bit.BiT / vit_hybrid.ViTHybrid; official BiT
     # and ViT-hybrid .npz files load through config.init_from (bit_weights).
     "bit_classification": bit.BiTClassificationModel,

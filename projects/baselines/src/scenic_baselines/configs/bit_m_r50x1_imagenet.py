@@ -29,6 +29,7 @@ TFDS's default data directory.
 
 import ml_collections
 
+
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.experiment_name = "bit_m_r50x1_imagenet"

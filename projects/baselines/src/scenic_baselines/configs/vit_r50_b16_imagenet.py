@@ -30,6 +30,7 @@ TFDS's default data directory.
 
 import ml_collections
 
+
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.experiment_name = "vit_r50_b16_imagenet"
