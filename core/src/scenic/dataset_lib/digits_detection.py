@@ -173,8 +173,31 @@ def write_tfds_dataset(name: str, version: str, features, split_examples, data_d
     return builder
 
 
-def is_prepared(data_dir: str) -> bool:
-    return os.path.exists(os.path.join(data_dir, NAME, VERSION, "dataset_info.json"))
+def prepare_tfds_dataset(
+    name: str, version: str, features, split_examples, data_dir: str, split_sizes: dict[str, int]
+) -> str:
+    """Writes a built-in TFDS data set to `data_dir` once (`write_tfds_dataset` of
+    `split_examples(split, count)` for each split in `split_sizes`, via a temporary
+    directory and a rename); returns `data_dir`. A non-empty `data_dir` that holds no
+    prepared `name` `version` is refused rather than written into."""
+    data_dir = os.path.abspath(data_dir)
+
+    def is_prepared(folder: str) -> bool:
+        return os.path.exists(os.path.join(folder, name, version, "dataset_info.json"))
+
+    if is_prepared(data_dir):
+        return data_dir
+    if os.path.exists(data_dir) and os.listdir(data_dir):
+        raise FileExistsError(
+            f"{data_dir} exists but holds no prepared {name} {version}; remove it or pass "
+            "another data_dir."
+        )
+
+    def write(folder):
+        splits = {split: split_examples(split, n) for split, n in split_sizes.items()}
+        write_tfds_dataset(name, version, features, splits, folder)
+
+    return dataset_utils.write_once(data_dir, write, is_complete=is_prepared)
 
 
 def prepare(data_dir: str | None = None, split_sizes: dict[str, int] | None = None) -> str:
@@ -182,21 +205,10 @@ def prepare(data_dir: str | None = None, split_sizes: dict[str, int] | None = No
 
     Smaller `split_sizes` write a prefix of each split (for tests; use a dir of their own).
     """
-    split_sizes = split_sizes or SPLIT_SIZES
-    data_dir = os.path.abspath(data_dir or default_data_dir())
-    if is_prepared(data_dir):
-        return data_dir
-    if os.path.exists(data_dir) and os.listdir(data_dir):
-        raise FileExistsError(
-            f"{data_dir} exists but holds no prepared {NAME} {VERSION}; remove it or pass "
-            "another data_dir."
-        )
-
-    def write(folder):
-        splits = {split: tfds_examples(split, n) for split, n in split_sizes.items()}
-        write_tfds_dataset(NAME, VERSION, features(), splits, folder)
-
-    return dataset_utils.write_once(data_dir, write, is_complete=is_prepared)
+    return prepare_tfds_dataset(
+        NAME, VERSION, features(), tfds_examples, data_dir or default_data_dir(),
+        split_sizes or SPLIT_SIZES,
+    )  # fmt: skip
 
 
 def build_digits_detection(

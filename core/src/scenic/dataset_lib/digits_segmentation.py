@@ -27,7 +27,7 @@ import os
 import numpy as np
 
 from scenic.dataset_lib import dataset_utils
-from scenic.dataset_lib.digits_detection import digit_pools, write_tfds_dataset
+from scenic.dataset_lib.digits_detection import digit_pools, prepare_tfds_dataset
 
 NAME = "digits_segmentation"
 VERSION = "1.0.0"
@@ -118,30 +118,15 @@ def features():
     )
 
 
-def is_prepared(data_dir: str) -> bool:
-    return os.path.exists(os.path.join(data_dir, NAME, VERSION, "dataset_info.json"))
-
-
 def prepare(data_dir: str | None = None, split_sizes: dict[str, int] | None = None) -> str:
     """Writes the data set to `data_dir` unless it is there; returns `data_dir`.
 
     Smaller `split_sizes` write a prefix of each split (for tests; use a dir of their own).
     """
-    split_sizes = split_sizes or SPLIT_SIZES
-    data_dir = os.path.abspath(data_dir or default_data_dir())
-    if is_prepared(data_dir):
-        return data_dir
-    if os.path.exists(data_dir) and os.listdir(data_dir):
-        raise FileExistsError(
-            f"{data_dir} exists but holds no prepared {NAME} {VERSION}; remove it or pass "
-            "another data_dir."
-        )
-
-    def write(folder):
-        splits = {split: tfds_examples(split, n) for split, n in split_sizes.items()}
-        write_tfds_dataset(NAME, VERSION, features(), splits, folder)
-
-    return dataset_utils.write_once(data_dir, write, is_complete=is_prepared)
+    return prepare_tfds_dataset(
+        NAME, VERSION, features(), tfds_examples, data_dir or default_data_dir(),
+        split_sizes or SPLIT_SIZES,
+    )  # fmt: skip
 
 
 def build_digits_segmentation(
