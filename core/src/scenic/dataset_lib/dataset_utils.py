@@ -96,6 +96,40 @@ def train_example_indices(
     return indices, positions
 
 
+def tfds_train_batches(
+    builder,
+    split: str,
+    *,
+    seed: int,
+    process_index: int,
+    process_count: int,
+    shuffle_buffer: int,
+    host_batch: int,
+    train_example: Callable,
+    start_step: int = 0,
+    decoders=None,
+    options=None,
+) -> Iterator[dict]:
+    """This host's training batches from a TFDS `builder`: its even share of `split`,
+    repeated and shuffled (files and a `shuffle_buffer`) by `seed`, each example mapped by
+    `train_example(index, example)` (the index seeds per-example randomness), batched to
+    `host_batch` and resumed at `start_step` by skipping the batches before it."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    host_split = tfds.even_splits(split, process_count, drop_remainder=True)[process_index]
+    # The ordering guard refuses shuffled reads of data sets written in a fixed order.
+    read_config = tfds.ReadConfig(shuffle_seed=seed, enable_ordering_guard=False)
+    ds = builder.as_dataset(
+        split=host_split, shuffle_files=True, read_config=read_config, decoders=decoders
+    )
+    ds = ds.repeat().shuffle(shuffle_buffer, seed=seed)
+    map_fn = tf.autograph.experimental.do_not_convert(train_example)
+    ds = ds.enumerate().map(map_fn, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(host_batch, drop_remainder=True).skip(start_step).prefetch(2)
+    return (ds.with_options(options) if options is not None else ds).as_numpy_iterator()
+
+
 def host_eval_slice(num_examples: int, process_index: int, process_count: int) -> range:
     """The contiguous range of eval examples this host evaluates (hosts differ by <= 1)."""
     start = num_examples * process_index // process_count

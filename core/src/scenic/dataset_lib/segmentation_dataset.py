@@ -244,20 +244,20 @@ def build_tfds_segmentation(
             image, label, u, canvas=canvas, min_scale=min_scale, max_scale=max_scale, flip=flip
         )
 
-    host_train_split = tfds.even_splits(train_split, process_count, drop_remainder=True)[
-        process_index
-    ]
-
     def train_batches(start_step: int = 0):
-        # The ordering guard refuses shuffled reads of data sets written in a fixed order.
-        read_config = tfds.ReadConfig(shuffle_seed=seed, enable_ordering_guard=False)
-        ds = builder.as_dataset(
-            split=host_train_split, shuffle_files=True, read_config=read_config, decoders=decoders
+        return dataset_utils.tfds_train_batches(
+            builder,
+            train_split,
+            seed=seed,
+            process_index=process_index,
+            process_count=process_count,
+            shuffle_buffer=shuffle_buffer,
+            host_batch=host_batch,
+            train_example=train_example,
+            start_step=start_step,
+            decoders=decoders,
+            options=options,
         )
-        ds = ds.repeat().shuffle(shuffle_buffer, seed=seed)
-        ds = ds.enumerate().map(no_autograph(train_example), num_parallel_calls=tf.data.AUTOTUNE)
-        ds = ds.batch(host_batch, drop_remainder=True).skip(start_step)
-        return ds.prefetch(2).with_options(options).as_numpy_iterator()
 
     n_eval_batches = dataset_utils.num_eval_batches(num_eval, host_eval_batch, process_count)
     host_eval_split = tfds.even_splits(eval_split, process_count, drop_remainder=False)[
