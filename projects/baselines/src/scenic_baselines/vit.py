@@ -66,41 +66,48 @@ class ViT(nn.Module):
             raise ValueError(
                 f"ViT classifier must be 'token', 'gap' or 'map', got {self.classifier!r}."
             )
-        x = vit_encoder.PatchEmbedding(
-            tuple(self.patch_size), self.hidden_size, self.dtype, name="embedding"
-        )(images)
-        batch, grid_h, grid_w, width = x.shape
-        x = x.reshape(batch, grid_h * grid_w, width)
-        if self.classifier == "token":
-            x = vit_encoder.add_class_token(self, x)
-        x = vit_encoder.Encoder(
-            num_layers=self.num_layers,
-            mlp_dim=self.mlp_dim,
-            num_heads=self.num_heads,
-            posemb=self.posemb,
-            posemb_grid=(grid_h, grid_w),
-            has_cls_token=self.classifier == "token",
-            dropout_rate=self.dropout_rate,
-            attention_dropout_rate=self.attention_dropout_rate,
-            stochastic_depth=self.stochastic_depth,
-            remat=self.remat,
-            dtype=self.dtype,
-            block_kwargs={
-                "exact_gelu": self.exact_gelu,
-                "layer_norm_epsilon": self.layer_norm_epsilon,
-            },
-            layer_norm_epsilon=self.layer_norm_epsilon,
-            name="Transformer",
-        )(x, train=train)
-        x = vit_encoder.pool(
-            x, self.classifier, num_heads=self.num_heads, mlp_dim=self.mlp_dim, dtype=self.dtype
-        )
-        return vit_encoder.classification_head(
-            x,
-            self.num_classes,
-            representation_size=self.representation_size,
-            bias_init=self.head_bias_init,
-        )
+        return encode_and_classify(self, images, train)
+
+
+def encode_and_classify(vit, x, train: bool):
+    """Patch embedding (`embedding`), class token, the encoder (`Transformer`), pooling and
+    head of `vit` (a ViT or a module with its fields, such as the hybrid ViT, whose patches
+    come from a ResNet's feature map `x`), built inside `vit`'s compact `__call__`."""
+    x = vit_encoder.PatchEmbedding(
+        tuple(vit.patch_size), vit.hidden_size, vit.dtype, name="embedding"
+    )(x)
+    batch, grid_h, grid_w, width = x.shape
+    x = x.reshape(batch, grid_h * grid_w, width)
+    if vit.classifier == "token":
+        x = vit_encoder.add_class_token(vit, x)
+    x = vit_encoder.Encoder(
+        num_layers=vit.num_layers,
+        mlp_dim=vit.mlp_dim,
+        num_heads=vit.num_heads,
+        posemb=vit.posemb,
+        posemb_grid=(grid_h, grid_w),
+        has_cls_token=vit.classifier == "token",
+        dropout_rate=vit.dropout_rate,
+        attention_dropout_rate=vit.attention_dropout_rate,
+        stochastic_depth=vit.stochastic_depth,
+        remat=vit.remat,
+        dtype=vit.dtype,
+        block_kwargs={
+            "exact_gelu": vit.exact_gelu,
+            "layer_norm_epsilon": vit.layer_norm_epsilon,
+        },
+        layer_norm_epsilon=vit.layer_norm_epsilon,
+        name="Transformer",
+    )(x, train=train)
+    x = vit_encoder.pool(
+        x, vit.classifier, num_heads=vit.num_heads, mlp_dim=vit.mlp_dim, dtype=vit.dtype
+    )
+    return vit_encoder.classification_head(
+        x,
+        vit.num_classes,
+        representation_size=vit.representation_size,
+        bias_init=vit.head_bias_init,
+    )
 
 
 class ViTClassificationModel(ClassificationModel):

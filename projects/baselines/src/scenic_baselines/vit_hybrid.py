@@ -25,7 +25,7 @@ import ml_collections
 
 from scenic.model_lib import vit_encoder
 from scenic.model_lib.base_models.classification_model import ClassificationModel
-from scenic_baselines import bit
+from scenic_baselines import bit, vit
 
 #: vit_jax `models_resnet.py`: StdConv's epsilon (added to the std) and flax's GroupNorm's.
 HYBRID_WS_EPSILON = 1e-5
@@ -67,6 +67,8 @@ class ViTHybrid(nn.Module):
     attention_dropout_rate: float = 0.0
     stochastic_depth: float = 0.0
     head_bias_init: float = 0.0
+    exact_gelu: bool = False
+    layer_norm_epsilon: float = 1e-6
     remat: bool = False
     conv_impl: str = "auto"
     dtype: Any = None
@@ -90,36 +92,7 @@ class ViTHybrid(nn.Module):
         x = bit.resnet_trunk(
             images, tuple(self.resnet_block_sizes), self.resnet_width, False, arithmetic
         )
-        x = vit_encoder.PatchEmbedding(
-            tuple(self.patch_size), self.hidden_size, self.dtype, name="embedding"
-        )(x)
-        batch, grid_h, grid_w, width = x.shape
-        x = x.reshape(batch, grid_h * grid_w, width)
-        if self.classifier == "token":
-            x = vit_encoder.add_class_token(self, x)
-        x = vit_encoder.Encoder(
-            num_layers=self.num_layers,
-            mlp_dim=self.mlp_dim,
-            num_heads=self.num_heads,
-            posemb=self.posemb,
-            posemb_grid=(grid_h, grid_w),
-            has_cls_token=self.classifier == "token",
-            dropout_rate=self.dropout_rate,
-            attention_dropout_rate=self.attention_dropout_rate,
-            stochastic_depth=self.stochastic_depth,
-            remat=self.remat,
-            dtype=self.dtype,
-            name="Transformer",
-        )(x, train=train)
-        x = vit_encoder.pool(
-            x, self.classifier, num_heads=self.num_heads, mlp_dim=self.mlp_dim, dtype=self.dtype
-        )
-        return vit_encoder.classification_head(
-            x,
-            self.num_classes,
-            representation_size=self.representation_size,
-            bias_init=self.head_bias_init,
-        )
+        return vit.encode_and_classify(self, x, train)
 
 
 class ViTHybridClassificationModel(ClassificationModel):
