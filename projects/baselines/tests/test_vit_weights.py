@@ -521,3 +521,17 @@ def test_unreadable_files_and_unknown_formats(tmp_path):
     with pytest.raises(ConfigError, match="init_from.format 'tim' is unknown. Did you mean 'timm'"):
         pi.check_config(ml_collections.ConfigDict({"checkpoint": str(path), "format": "tim"}))
     assert {"big_vision_npz", "timm", "hf_vit", "scenic_flax", "npz"} <= set(pi.list_formats())
+
+
+def test_cli_refuses_a_file_of_no_known_layout_before_writing(tmp_path, capsys):
+    from scenic_baselines.cli import main
+
+    path = tmp_path / "weights.safetensors"
+    path.write_text("garbage")
+    workdir = tmp_path / "run"
+    argv = ["train", "--config", "vit_digits", "--workdir", str(workdir),
+            f"--config.init_from.checkpoint={path}"]  # fmt: skip
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "Cannot tell the format of pretrained file" in error[0], error
+    assert not workdir.exists()

@@ -362,6 +362,11 @@ def check_config(config: ml_collections.ConfigDict | None) -> None:
     name = config.get("format")
     if name not in (None, "", "auto") and name not in list_formats():
         raise ConfigError(_unknown_format(name))
+    if path and name in (None, "", "auto"):
+        try:  # names only, cheap: a file of no known layout is refused before the run starts
+            detect_format(path)
+        except PretrainedInitError as error:
+            raise ConfigError(str(error)) from None
 
 
 def model_state_from_config(model_state, config: ml_collections.ConfigDict | None):
