@@ -7,8 +7,10 @@ from scenic.train_lib import summaries
 
 
 def test_progress_reports_throughput_and_mfu(monkeypatch, caplog):
-    clock = iter([100.0, 100.0, 102.0])  # constructor (twice), then report: 2 s, 10 steps
-    monkeypatch.setattr(summaries.time, "perf_counter", lambda: next(clock))
+    # A clock that reads the same however often it is read: 100 s while constructing, then
+    # 2 s later for the report of 10 steps.
+    now = [100.0]
+    monkeypatch.setattr(summaries.time, "perf_counter", lambda: now[0])
     progress = summaries.Progress(
         total_steps=100,
         start_step=0,
@@ -16,6 +18,7 @@ def test_progress_reports_throughput_and_mfu(monkeypatch, caplog):
         train_flops_per_example=3e9,
         peak_flops=1e12,
     )
+    now[0] = 102.0
     with caplog.at_level("INFO", logger="scenic"):
         figures = progress.report(10, {"loss": 1.0})
     assert "320 examples/s" in caplog.text and "MFU 96%" in caplog.text
