@@ -1,9 +1,14 @@
-"""Shared helpers for the cross-package tests: running a project's CLI in a subprocess."""
+"""Shared helpers for the cross-package tests: running a project's CLI in a subprocess, and
+the uninterrupted reference runs that the CLI, fault, pmap and multi-process tests compare
+against (each trained once per test session, however many tests and xdist workers use it)."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 
+import filelock
 import pytest
 
 # A 1-layer, 16-wide ViT on digits for 6 steps: every code path, a few seconds.
@@ -19,6 +24,17 @@ TINY_VIT_DIGITS = [
     "--config.log_eval_steps=6",
     "--config.checkpoint_steps=3",
     "--config.lr_configs.warmup_steps=2",
+]
+
+# The reference run: the tiny ViT for 60 steps (long enough that a signal sent after step 5
+# lands mid-run), a progress line every step, checkpoints at 30 and 60, eval at the end.
+REFERENCE_STEPS = 60
+REFERENCE_RUN = [
+    *TINY_VIT_DIGITS,
+    f"--config.num_training_steps={REFERENCE_STEPS}",
+    "--config.log_summary_steps=1",
+    "--config.log_eval_steps=1000",
+    "--config.checkpoint_steps=30",
 ]
 
 
@@ -44,3 +60,64 @@ def cli():
 @pytest.fixture(scope="session")
 def tiny_vit_digits():
     return list(TINY_VIT_DIGITS)
+
+
+@pytest.fixture(scope="session")
+def reference_overrides():
+    """The reference runs' `--config.*` overrides, and their number of steps."""
+    return list(REFERENCE_RUN), REFERENCE_STEPS
+
+
+@pytest.fixture(scope="session")
+def reference_args():
+    """`train --config vit_digits` arguments of the reference runs (without --workdir)."""
+    return ["train", "--config", "vit_digits", *REFERENCE_RUN]
+
+
+def shared_run(tmp_path_factory, worker_id, name, devices):
+    """The reference run on `devices` CPU devices, trained by whichever xdist worker asks
+    first (the others wait on a file lock) and read by all: treat it as read-only (copy it
+    with `private_copy` to write into it). Returns (workdir, stdout, stderr)."""
+    root = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        root = root.parent  # the session folder, shared by the workers
+    workdir, log = root / f"reference-{name}", root / f"reference-{name}.json"
+    with filelock.FileLock(str(root / f"reference-{name}.lock")):
+        if not log.exists():
+            result = run_cli(
+                "train",
+                "--config",
+                "vit_digits",
+                "--workdir",
+                str(workdir),
+                *REFERENCE_RUN,
+                devices=devices,
+            )
+            log.write_text(json.dumps([result.returncode, result.stdout, result.stderr]))
+    returncode, stdout, stderr = json.loads(log.read_text())
+    assert returncode == 0, stderr[-3000:]
+    return workdir, stdout, stderr
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory, worker_id):
+    """The uninterrupted reference run on one device."""
+    return shared_run(tmp_path_factory, worker_id, "one-device", devices=1)
+
+
+@pytest.fixture(scope="session")
+def two_device_run(tmp_path_factory, worker_id):
+    """The same run on two devices (pmap), at the same global batch."""
+    return shared_run(tmp_path_factory, worker_id, "two-devices", devices=2)
+
+
+@pytest.fixture(scope="session")
+def private_copy(tmp_path_factory):
+    """`private_copy(workdir)`: a copy of a shared run's workdir that a test may write into."""
+
+    def copy(workdir):
+        destination = tmp_path_factory.mktemp(workdir.name) / workdir.name
+        shutil.copytree(workdir, destination)
+        return destination
+
+    return copy

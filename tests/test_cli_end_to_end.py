@@ -1,10 +1,20 @@
-"""scenic-baselines end to end: train, eval, list-configs, and clear errors on bad input."""
+"""scenic-baselines end to end: train, eval, list-configs, and clear errors on bad input.
 
+The trained workdir is a copy of the session's reference run (tests/conftest.py), trained
+through the console entry in a subprocess; the bad-input cases call the same `main` in this
+process (what the console script runs, without paying a process start per case).
+"""
+
+import contextlib
 import hashlib
+import io
 import json
 import pathlib
+import subprocess
 
 import pytest
+
+from scenic_baselines.cli import main
 
 
 def snapshot(directory: pathlib.Path) -> dict[str, str]:
@@ -16,12 +26,18 @@ def snapshot(directory: pathlib.Path) -> dict[str, str]:
     }
 
 
+def run_main(*args) -> subprocess.CompletedProcess:
+    """`scenic-baselines ARGS` in this process: exit code, stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        returncode = main(list(args))
+    return subprocess.CompletedProcess(args, returncode, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, cli, tiny_vit_digits):
-    workdir = tmp_path_factory.mktemp("vit_digits")
-    result = cli("train", "--config", "vit_digits", "--workdir", str(workdir), *tiny_vit_digits)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return workdir, result
+def trained(reference_run, private_copy):
+    workdir, stdout, stderr = reference_run
+    return private_copy(workdir), subprocess.CompletedProcess([], 0, stdout, stderr)
 
 
 def test_train_leaves_checkpoints_summaries_config_and_metrics(trained):
@@ -29,12 +45,12 @@ def test_train_leaves_checkpoints_summaries_config_and_metrics(trained):
     assert "test accuracy:" in result.stdout
     assert "parameters" in result.stderr and "GFLOPs per example" in result.stderr
     assert "examples/s" in result.stderr and "ETA" in result.stderr
-    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["3", "6"]
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["30", "60"]
     assert list(workdir.glob("events.out.tfevents.*")), "no TensorBoard summaries"
     config = json.loads((workdir / "config.json").read_text())
-    assert config["model"]["hidden_size"] == 16 and config["num_training_steps"] == 6
+    assert config["model"]["hidden_size"] == 16 and config["num_training_steps"] == 60
     final = json.loads((workdir / "final_metrics.json").read_text())
-    assert final["step"] == 6 and 0.0 <= final["accuracy"] <= 1.0
+    assert final["step"] == 60 and 0.0 <= final["accuracy"] <= 1.0
     assert final["train_examples_per_sec"] > 0
 
 
@@ -44,13 +60,13 @@ def test_eval_verb_reproduces_final_metrics(trained, cli):
     assert result.returncode == 0, result.stderr[-3000:]
     final = json.loads((workdir / "final_metrics.json").read_text())
     evaluated = json.loads((workdir / "eval_metrics.json").read_text())
-    assert evaluated["step"] == 6
+    assert evaluated["step"] == 60
     assert evaluated["accuracy"] == pytest.approx(final["accuracy"], abs=1e-6)
     assert evaluated["loss"] == pytest.approx(final["loss"], rel=1e-5)
 
 
 def test_list_configs(cli):
-    result = cli("list-configs")
+    result = run_main("list-configs")
     assert result.returncode == 0
     assert {"vit_digits", "vit_b16_imagenet"} <= set(result.stdout.split())
 
@@ -92,7 +108,7 @@ def get_config():
 def test_bad_input_is_one_clear_error_and_nothing_written(trained, cli, extra, message):
     workdir, _ = trained
     before = snapshot(workdir)
-    result = cli("train", "--config", "vit_digits", "--workdir", str(workdir), *extra)
+    result = run_main("train", "--config", "vit_digits", "--workdir", str(workdir), *extra)
     assert result.returncode != 0
     assert result.stderr.startswith("scenic-baselines: error:"), result.stderr[-2000:]
     assert "Traceback" not in result.stderr
@@ -104,7 +120,7 @@ def test_bad_input_is_one_clear_error_and_nothing_written(trained, cli, extra, m
 def test_misspelled_key_in_config_file(tmp_path, cli):
     path = tmp_path / "typo.py"
     path.write_text(BAD_CONFIG)
-    result = cli("train", "--config", str(path), "--workdir", str(tmp_path / "wd"))
+    result = run_main("train", "--config", str(path), "--workdir", str(tmp_path / "wd"))
     assert result.returncode != 0
     assert "num_trainng_steps: nothing reads it" in result.stderr
     assert "Did you mean 'num_training_steps'" in result.stderr
@@ -114,7 +130,7 @@ def test_misspelled_key_in_config_file(tmp_path, cli):
 def test_checkpoint_of_another_model_shape_is_refused(trained, cli, tiny_vit_digits):
     workdir, _ = trained
     before = snapshot(workdir)
-    result = cli(
+    result = run_main(
         "train",
         "--config",
         "vit_digits",
@@ -122,7 +138,7 @@ def test_checkpoint_of_another_model_shape_is_refused(trained, cli, tiny_vit_dig
         str(workdir),
         *tiny_vit_digits,
         "--config.model.hidden_size=32",
-        "--config.num_training_steps=9",
+        "--config.num_training_steps=90",
     )
     assert result.returncode != 0
     assert "does not match this model" in result.stderr
@@ -140,7 +156,7 @@ def test_config_file_that_does_not_load_is_named(tmp_path, cli):
         (broken, f"Config file {broken} does not parse: invalid syntax (line 1)"),
         (failing, f"Config file {failing}: get_config() failed (line 2): KeyError"),
     ):
-        result = cli("train", "--config", str(path), "--workdir", str(tmp_path / "wd"))
+        result = run_main("train", "--config", str(path), "--workdir", str(tmp_path / "wd"))
         assert result.returncode == 2, result.stderr[-2000:]
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"scenic-baselines: error: {message}"), lines
@@ -150,7 +166,7 @@ def test_config_file_that_does_not_load_is_named(tmp_path, cli):
 def test_workdir_that_is_a_file_is_refused(tmp_path, cli, tiny_vit_digits):
     path = tmp_path / "file"
     path.write_text("not a directory")
-    result = cli("train", "--config", "vit_digits", "--workdir", str(path), *tiny_vit_digits)
+    result = run_main("train", "--config", "vit_digits", "--workdir", str(path), *tiny_vit_digits)
     assert result.returncode == 2
     assert result.stderr.strip() == (
         f"scenic-baselines: error: --workdir {path} exists and is not a directory."
@@ -161,17 +177,17 @@ def test_workdir_that_is_a_file_is_refused(tmp_path, cli, tiny_vit_digits):
 def test_corrupt_latest_checkpoint_is_named_kept_and_not_replaced(trained, cli, tiny_vit_digits):
     workdir, _ = trained
     damaged = tmp_copy(workdir)
-    for data_file in (damaged / "checkpoints" / "6" / "default").rglob("d/*"):
+    for data_file in (damaged / "checkpoints" / "60" / "default").rglob("d/*"):
         data_file.write_bytes(data_file.read_bytes()[:10])  # truncated array data
     before = snapshot(damaged)
     # Resuming (the `eval` verb restores through the same code) must not start over.
-    more = ["--config.num_training_steps=9"]
-    result = cli(
+    more = ["--config.num_training_steps=90"]
+    result = run_main(
         "train", "--config", "vit_digits", *tiny_vit_digits, *more, "--workdir", str(damaged)
     )
     assert result.returncode == 2, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"scenic-baselines: error: Checkpoint {damaged}/checkpoints/6 ")
+    assert last.startswith(f"scenic-baselines: error: Checkpoint {damaged}/checkpoints/60 ")
     assert "cannot be read" in last and "Nothing was deleted or overwritten" in last
     assert "Traceback" not in result.stderr
     assert snapshot(damaged) == before  # not deleted, not replaced, nothing added

@@ -11,12 +11,14 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-# Long enough (60 steps) that a signal lands mid-run; only the signal or the end saves.
-RUN = [
+# Over the reference run's arguments (tests/conftest.py: 60 steps, long enough that a
+# signal lands mid-run): only the signal or the end saves.
+RUN = ["--config.checkpoint_steps=1000"]
+# The other fault runs: the tiny ViT, up to 60 steps, a progress line every step.
+LONG = [
     "--config.num_training_steps=60",
     "--config.log_summary_steps=1",
     "--config.log_eval_steps=1000",
-    "--config.checkpoint_steps=1000",
 ]
 
 # Makes the checkpoint write of step HANG_AT_STEP stop after the data is written but
@@ -70,13 +72,9 @@ def wait_for_line(process, needle, timeout=300):
     raise AssertionError(f"never saw {needle!r}:\n" + "".join(seen[-30:]))
 
 
-def test_sigterm_checkpoints_and_resume_is_exact(tmp_path, cli, tiny_vit_digits):
-    args = ["train", "--config", "vit_digits", *tiny_vit_digits, *RUN]
-    full = cli(*args, "--workdir", str(tmp_path / "full"))
-    assert full.returncode == 0, full.stderr[-3000:]
-
+def test_sigterm_checkpoints_and_resume_is_exact(tmp_path, cli, reference_args, reference_run):
     workdir = tmp_path / "preempted"
-    process = popen_cli([*args, "--workdir", str(workdir)])
+    process = popen_cli([*reference_args, *RUN, "--workdir", str(workdir)])
     wait_for_line(process, "step 5/60")
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=300)
@@ -86,12 +84,13 @@ def test_sigterm_checkpoints_and_resume_is_exact(tmp_path, cli, tiny_vit_digits)
     assert 5 <= stopped_step < 60
     assert not (workdir / "final_metrics.json").exists()
 
-    resumed = cli(*args, "--workdir", str(workdir))
+    resumed = cli(*reference_args, *RUN, "--workdir", str(workdir))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Resumed from {workdir / 'checkpoints'} at step {stopped_step}" in resumed.stderr
-    jax.tree.map(
-        np.testing.assert_array_equal, params_at(tmp_path / "full", 60), params_at(workdir, 60)
-    )
+    # The same parameters as the uninterrupted reference run (same steps, checkpointed at
+    # 30 and 60 instead of only at the signal and the end).
+    full, _, _ = reference_run
+    jax.tree.map(np.testing.assert_array_equal, params_at(full, 60), params_at(workdir, 60))
 
 
 def test_sigkill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path, cli, tiny_vit_digits):
@@ -100,7 +99,7 @@ def test_sigkill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path, cli
         "--config",
         "vit_digits",
         *tiny_vit_digits,
-        *RUN,
+        *LONG,
         "--config.checkpoint_steps=4",
         "--config.num_training_steps=12",
     ]
@@ -129,8 +128,9 @@ def test_sigkill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path, cli
     # is exact, against an uninterrupted run, is the SIGTERM test's check).
     jax.tree.map(np.testing.assert_array_equal, params_at(workdir, 4), good)
     final = params_at(workdir, 12)
-    assert any(np.abs(a - b).max() > 0 for a, b in zip(jax.tree.leaves(final),
-                                                        jax.tree.leaves(good)))
+    assert any(
+        np.abs(a - b).max() > 0 for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(good))
+    )
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_last_good_checkpoint(
@@ -145,7 +145,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_last_good_checkpoint(
         "--workdir",
         str(workdir),
         *tiny_vit_digits,
-        *RUN,
+        *LONG,
         "--config.checkpoint_steps=2",
         "--config.lr_configs.warmup_steps=0",
         "--config.lr_configs.base_learning_rate=1e30",

@@ -17,28 +17,11 @@ def load_params(workdir, step):
     return restored["params"]
 
 
-def test_two_devices_match_one_device(tmp_path, cli, tiny_vit_digits):
-    results = {}
-    for devices in (1, 2):
-        workdir = tmp_path / f"devices{devices}"
-        run = cli(
-            "train",
-            "--config",
-            "vit_digits",
-            "--workdir",
-            str(workdir),
-            *tiny_vit_digits,
-            devices=devices,
-        )
-        assert run.returncode == 0, run.stderr[-3000:]
-        results[devices] = (
-            load_params(workdir, 6),
-            json.loads((workdir / "final_metrics.json").read_text()),
-        )
-    one, two = results[1][0], results[2][0]
-    moved = jax.tree.map(
-        lambda a, b: float(np.max(np.abs(a - b))), one, load_params(tmp_path / "devices1", 3)
-    )
+def test_two_devices_match_one_device(reference_run, two_device_run):
+    (one_dir, _, _), (two_dir, _, two_stderr) = reference_run, two_device_run
+    assert "per device)" in two_stderr, two_stderr[-2000:]  # progress shown per device
+    one, two = load_params(one_dir, 60), load_params(two_dir, 60)
+    moved = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), one, load_params(one_dir, 30))
     assert max(jax.tree.leaves(moved)) > 1e-3  # training did change the parameters
 
     def same(path, a, b):
@@ -46,13 +29,18 @@ def test_two_devices_match_one_device(tmp_path, cli, tiny_vit_digits):
         if "['key']['bias']" in name:
             # Softmax ignores a constant added to every logit of a query, so the key bias has
             # an exactly zero gradient: it moves only by rounding noise that Adam scales up,
-            # and that noise differs with the device split (seen on AVX-512). Both stay ~0.
-            assert max(np.abs(a).max(), np.abs(b).max()) < 1e-4, name
+            # and that noise differs with the device split (seen on AVX-512; ~5e-4 after 60
+            # steps). Both stay far below what 60 Adam steps at lr up to 3e-3 move a
+            # parameter with a real gradient (~1e-1).
+            assert max(np.abs(a).max(), np.abs(b).max()) < 3e-3, name
         else:
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=name)
 
     jax.tree_util.tree_map_with_path(same, one, two)
-    assert results[1][1]["accuracy"] == results[2][1]["accuracy"]
+    final_one, final_two = (
+        json.loads((workdir / "final_metrics.json").read_text()) for workdir in (one_dir, two_dir)
+    )
+    assert final_one["accuracy"] == final_two["accuracy"]
 
 
 def tiny_config(tiny_overrides):

@@ -1,0 +1,1 @@
+"""Configs shipped with scenic-minimal; `scenic-minimal list-configs` lists them."""
