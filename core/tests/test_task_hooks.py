@@ -366,11 +366,17 @@ def detection_config(model_name, data_dir, steps):
     )
 
 
-def train_detection(workdir, model_name, data_dir, steps=3):
+def train_detection(workdir, model_name, data_dir, steps=3, stop_after_step=None):
     kwargs = detection_config(model_name, data_dir, steps)
     config, model_cls = resolved(**kwargs)
     dataset = runner.build_dataset(config)
-    result = trainer.train(model_cls=model_cls, dataset=dataset, config=config, workdir=workdir)
+    result = trainer.train(
+        model_cls=model_cls,
+        dataset=dataset,
+        config=config,
+        workdir=workdir,
+        stop_after_step=stop_after_step,
+    )
     return result, dataset
 
 
@@ -441,6 +447,11 @@ if __name__ == "__main__":  # the 2-device half of the detection test
     assert jax.local_device_count() == 2, jax.devices()
     data_dir, out = sys.argv[1], sys.argv[2]
     for name, model_name in (("detection", "detection"), ("per_device", "detection_per_device")):
-        result, _ = train_detection(os.path.join(out, name), model_name, data_dir)
+        # Step 3 of a 4-step run, stopped there: the parameters of the 3-step run (the
+        # learning rate is constant), without compiling and running the final evaluation.
+        result, _ = train_detection(
+            os.path.join(out, name), model_name, data_dir, steps=4, stop_after_step=3
+        )
+        assert result.step == 3 and not result.completed
         np.savez(os.path.join(out, f"{name}.npz"), **flat_params(result.state["params"]))
     print(json.dumps({"done": True}))
