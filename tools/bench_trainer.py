@@ -276,11 +276,12 @@ def measure(
             stop_after_step=steps,
         ).metrics
     model, dtype = trainer.build_model(model_cls, config, dataset.meta_data)
-    _, temp_bytes = train_step_costs(model, config.batch_size, dtype)
-    plain_config = config.copy_and_resolve_references()
-    plain_config.model.remat = False  # model FLOPs: without the recomputation
-    plain, _ = trainer.build_model(model_cls, plain_config, dataset.meta_data)
-    flops, _ = train_step_costs(plain, config.batch_size, dtype)
+    flops, temp_bytes = train_step_costs(model, config.batch_size, dtype)
+    if remat:  # model FLOPs: without the recomputation (one more compile)
+        plain_config = config.copy_and_resolve_references()
+        plain_config.model.remat = False
+        plain, _ = trainer.build_model(model_cls, plain_config, dataset.meta_data)
+        flops, _ = train_step_costs(plain, config.batch_size, dtype)
     return {
         "batch": config.batch_size,
         "examples_per_sec": final["train_examples_per_sec"],

@@ -15,6 +15,7 @@ def test_model_code_and_train_step_import_no_tensorflow():
         import scenic.train_lib.trainer, scenic.train_lib.checkpoints
         import scenic.train_lib.trained_model, scenic.train_lib.classification_trainer
         import scenic.dataset_lib, scenic.common_lib.runner
+        import scenic.common_lib.export, scenic.common_lib.export_command
         import scenic_baselines.vit, scenic_baselines.models, scenic_baselines.cli
         tf_names = ("tensorflow", "tensorflow_datasets")
         bad = sorted(m for m in sys.modules if m.split(".")[0] in tf_names)

@@ -3,6 +3,8 @@
     scenic-<name> train --config NAME_OR_PATH[:arg] --workdir DIR [--config.a.b=value ...]
     scenic-<name> eval  --workdir DIR [--config ...]   (default: the run's config.json)
     scenic-<name> list-configs
+    scenic-<name> export --workdir DIR --format {stablehlo,savedmodel,onnx} --out DIR
+                  [--batch N | --dynamic-batch] [--checkpoint STEP]   (`export_command`)
     scenic-<name> VERB ...        a project's own verbs (`make_main(commands=...)`)
 
 Multi-host: start the same command on every host with `--coordinator_address HOST:PORT
@@ -217,7 +219,7 @@ def make_main(
             help="capture a JAX profiler trace of a few steps into WORKDIR/profile",
         )
         sub.add_parser("list-configs", help="list the configs this project ships")
-        for name, command in commands.items():
+        for name, command in {**builtin_verbs(), **commands}.items():
             command_p = sub.add_parser(name, help=command.help)
             if command.add_arguments:
                 command.add_arguments(command_p)
@@ -230,7 +232,8 @@ def make_main(
                 print("\n".join(config_utils.list_configs(config_package)))
                 return 0
             setup_logging()
-            if args.command in BUILTIN_COMMANDS or commands[args.command].distributed:
+            verbs = {**builtin_verbs(), **commands}
+            if args.command in ("train", "eval") or verbs[args.command].distributed:
                 from scenic.train_lib import distributed
 
                 distributed.initialize(
@@ -241,7 +244,7 @@ def make_main(
             if args.command == "eval":
                 return run_eval(args, overrides, config_package, models())
             context = CommandContext(prog, config_package, models(), overrides)
-            return int(commands[args.command].run(args, context) or 0)
+            return int(verbs[args.command].run(args, context) or 0)
         except expected_errors() as error:
             print(f"{prog}: error: {error}", file=sys.stderr)
             return 2
@@ -252,7 +255,20 @@ def make_main(
     return main
 
 
-BUILTIN_COMMANDS = ("train", "eval", "list-configs")
+BUILTIN_COMMANDS = ("train", "eval", "list-configs", "export")
+
+
+def builtin_verbs() -> dict[str, Command]:
+    """The built-in verbs that are `Command`s like a project's own (`export`)."""
+    from scenic.common_lib import export_command
+
+    return {
+        "export": Command(
+            export_command.run,
+            help="export the trained model for serving (StableHLO, SavedModel, ONNX)",
+            add_arguments=export_command.add_arguments,
+        )
+    }
 
 
 def add_distributed_flags(parser: argparse.ArgumentParser) -> None:

@@ -18,10 +18,11 @@ import numpy as np
 
 
 def _check_broadcastable(name: str, shape: tuple, target: tuple) -> None:
-    try:
-        ok = len(shape) <= len(target) and np.broadcast_shapes(shape, target) == target
-    except ValueError:
-        ok = False
+    # Dimensions may be symbolic (a `jax.export` dynamic batch), so no np.broadcast_shapes;
+    # callers pass np.shape(x), a tuple even where a converter (jax2onnx) patches jnp.shape.
+    ok = len(shape) <= len(target) and all(
+        s == 1 or s == t for s, t in zip(reversed(shape), reversed(target))
+    )
     if not ok:
         raise ValueError(
             f"MultiHeadAttention: {name} of shape {shape} does not broadcast to "
@@ -131,10 +132,10 @@ class MultiHeadAttention(nn.Module):
             )
         logits_shape = (*batch_shape, self.num_heads, query.shape[-3], key.shape[-3])
         if mask is not None:
-            _check_broadcastable("mask", jnp.shape(mask), logits_shape)
+            _check_broadcastable("mask", np.shape(mask), logits_shape)
             mask = _merge_batch_dims(jnp.asarray(mask, bool), batch_shape)
         if attention_bias is not None:
-            _check_broadcastable("attention_bias", jnp.shape(attention_bias), logits_shape)
+            _check_broadcastable("attention_bias", np.shape(attention_bias), logits_shape)
             attention_bias = _merge_batch_dims(jnp.asarray(attention_bias), batch_shape)
         query, key, value = (t.reshape((-1, *t.shape[-3:])) for t in (query, key, value))
 
@@ -238,9 +239,9 @@ class AxialAttention(nn.Module):
         x = jnp.moveaxis(inputs, axis, -2)
         key_mask = None
         if mask is not None:
-            if jnp.shape(mask) != inputs.shape[:-1]:
+            if np.shape(mask) != inputs.shape[:-1]:
                 raise ValueError(
-                    f"AxialAttention: mask shape {jnp.shape(mask)} must equal the inputs' shape "
+                    f"AxialAttention: mask shape {np.shape(mask)} must equal the inputs' shape "
                     f"without channels, {inputs.shape[:-1]}."
                 )
             key_mask = jnp.moveaxis(jnp.asarray(mask, bool), axis, -1)[..., None, None, :]
