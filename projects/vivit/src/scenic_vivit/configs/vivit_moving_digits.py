@@ -3,13 +3,13 @@ r"""scenic-vivit train --config vivit_moving_digits --workdir /tmp/vivit_moving_
 The demo: a small factorised-encoder ViViT on built-in moving digits (no download).
 Expected, measured on a 2-core AMD EPYC (Zen 4, AVX-512) CPU: 96.60% / 96.25% / 96.53% test
 accuracy for seeds 0 / 1 / 2 (mean 96.46%) after 127-146 s of training (1,200 steps at
-~1,100-1,260 clips/s); a frame-only model on the same data reached 24.24%. An older AVX2 CPU
-trains 1.6-2x more slowly. See the project README's results table.
+~1,100-1,260 clips/s); a frame-only model on the same data reached 24.24%. See the project
+README's results table; how this config was chosen: docs/experiments/vivit_moving_digits.md.
 
 Moving digits: a scikit-learn digit moves across a 16x16 canvas for 8 frames in one of 4
 directions; the label is digit x direction (40 classes), so no single frame answers it.
 Training clips are shifted by a random (rows, columns) on the torus the digits move on
-(`random_wrap_shift`), which keeps digit and direction and gave +1.8 points.
+(`random_wrap_shift`), which keeps digit and direction.
 """
 
 import ml_collections
