@@ -2,11 +2,11 @@ r"""scenic-tokenlearner train --config tokenlearner_digits --workdir /tmp/tl_dig
 
 The image demo: scenic-baselines' `vit_digits` (a 4-layer, 64-wide ViT on scikit-learn's
 digits upsampled to 16x16, 4x4 patches: 16 tokens; same data and optimiser, and its
-previous 800-step schedule) with
-a TokenLearner v1.1 that learns `num_tokens` tokens before block `tokenlearner_loc`, and
-GAP instead of the class token. Measured against `vit_digits` at 800 steps in the project README, on a
-2-core AMD EPYC (Zen 5): 99.17% / 98.33% / 98.89% for seeds 0 / 1 / 2 (vit_digits: 98.06% /
-99.44% / 98.89%) in 19-24 s of training, with 0.0026 forward GFLOPs per image (48% fewer).
+previous 800-step schedule) with a TokenLearner v1.1 that learns `num_tokens` tokens before
+block `tokenlearner_loc`, and GAP instead of the class token. Measured against `vit_digits`
+at 800 steps in the project README, on a 2-core AMD EPYC (Zen 5): 99.17% / 98.33% / 98.89%
+for seeds 0 / 1 / 2 (vit_digits: 98.06% / 99.44% / 98.89%) in 19-24 s of training, with
+0.0026 forward GFLOPs per image (48% fewer).
 `--config.model.tokenlearner_loc=None` trains the same ViT without the TokenLearner.
 """
 
