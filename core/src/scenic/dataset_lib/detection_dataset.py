@@ -248,6 +248,39 @@ def padded_eval_batches(ds, host_batch: int, num_batches: int):
     return ds.batch(host_batch).prefetch(2).as_numpy_iterator()
 
 
+def tfds_eval_batches(
+    builder,
+    split: str,
+    *,
+    num_examples: int,
+    process_index: int,
+    process_count: int,
+    host_batch: int,
+    eval_example,
+    decoders=None,
+    options=None,
+):
+    """(number of eval batches, `() -> iterator`): this host's even share of `split`, in
+    order, each example mapped by `eval_example(example)`, padded to that many full batches
+    (the same number on every host) by `padded_eval_batches`."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    num_batches = dataset_utils.num_eval_batches(num_examples, host_batch, process_count)
+    host_split = tfds.even_splits(split, process_count, drop_remainder=False)[process_index]
+    # Plain TF code without Python control flow on tensors: skip autograph (faster tracing).
+    map_fn = tf.autograph.experimental.do_not_convert(eval_example)
+
+    def batches():
+        ds = builder.as_dataset(split=host_split, shuffle_files=False, decoders=decoders)
+        ds = ds.map(map_fn, num_parallel_calls=tf.data.AUTOTUNE)
+        if options is not None:
+            ds = ds.with_options(options)
+        return padded_eval_batches(ds, host_batch, num_batches)
+
+    return num_batches, batches
+
+
 def check_shape_args(image_size: int, max_boxes: int, min_scale: float, max_scale: float):
     """Raises ValueError for canvas / box-count / scale-jitter arguments out of range."""
     if image_size < 1 or max_boxes < 1:
@@ -307,9 +340,6 @@ def build_coco_detection(
     def decode(example):
         return decode_example(example, info.features["image"])
 
-    # Plain TF code without Python control flow on tensors: skip autograph (faster tracing).
-    no_autograph = tf.autograph.experimental.do_not_convert
-
     def train_example(index, example):
         stream_seed = tf.stack([tf.cast(seed, tf.int64), index * process_count + process_index])
         u = tf.random.stateless_uniform([4], seed=stream_seed)
@@ -338,18 +368,19 @@ def build_coco_detection(
             decoders=decoders,
         )
 
-    n_eval_batches = dataset_utils.num_eval_batches(num_eval, host_eval_batch, process_count)
-    host_eval_split = tfds.even_splits(eval_split, process_count, drop_remainder=False)[
-        process_index
-    ]
-
     def eval_example(example):
         return eval_transform(decode(example), image_size, max_boxes, num_classes)
 
-    def eval_batches():
-        ds = builder.as_dataset(split=host_eval_split, shuffle_files=False, decoders=decoders)
-        ds = ds.map(no_autograph(eval_example), num_parallel_calls=tf.data.AUTOTUNE)
-        return padded_eval_batches(ds, host_eval_batch, n_eval_batches)
+    n_eval_batches, eval_batches = tfds_eval_batches(
+        builder,
+        eval_split,
+        num_examples=num_eval,
+        process_index=process_index,
+        process_count=process_count,
+        host_batch=host_eval_batch,
+        eval_example=eval_example,
+        decoders=decoders,
+    )
 
     meta_data = {
         "num_classes": num_classes,

@@ -199,7 +199,7 @@ def build_tfds_segmentation(
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
-    from scenic.dataset_lib.detection_dataset import padded_eval_batches, split_size
+    from scenic.dataset_lib.detection_dataset import split_size, tfds_eval_batches
     from scenic.dataset_lib.tfds_classification import load_builder
 
     canvas = canvas_size(image_size)
@@ -228,8 +228,6 @@ def build_tfds_segmentation(
         raw = mask_feature.decode_example(example[mask_key])[..., 0]
         return image, tf.gather(table, tf.cast(raw, tf.int32))
 
-    # Plain TF code without Python control flow on tensors: skip autograph (faster tracing).
-    no_autograph = tf.autograph.experimental.do_not_convert
     # Without tf.data's autotuning thread: destroying an iterator waits for that thread's
     # next wake-up, which held processes up to ~50 s at exit here (TF 2.21). Parallel maps
     # then use one call per CPU core.
@@ -259,19 +257,21 @@ def build_tfds_segmentation(
             options=options,
         )
 
-    n_eval_batches = dataset_utils.num_eval_batches(num_eval, host_eval_batch, process_count)
-    host_eval_split = tfds.even_splits(eval_split, process_count, drop_remainder=False)[
-        process_index
-    ]
-
     def eval_example(example):
         image, label = decode(example)
         return eval_transform(image, label, canvas=canvas)
 
-    def eval_batches():
-        ds = builder.as_dataset(split=host_eval_split, shuffle_files=False, decoders=decoders)
-        ds = ds.map(no_autograph(eval_example), num_parallel_calls=tf.data.AUTOTUNE)
-        return padded_eval_batches(ds.with_options(options), host_eval_batch, n_eval_batches)
+    n_eval_batches, eval_batches = tfds_eval_batches(
+        builder,
+        eval_split,
+        num_examples=num_eval,
+        process_index=process_index,
+        process_count=process_count,
+        host_batch=host_eval_batch,
+        eval_example=eval_example,
+        decoders=decoders,
+        options=options,
+    )
 
     meta_data = {
         "num_classes": len(class_names),
