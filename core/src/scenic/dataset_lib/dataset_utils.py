@@ -183,19 +183,22 @@ def shard(batch: dict, num_devices: int) -> dict:
 
 
 def prefetch_to_device(
-    iterator: Iterator[dict[str, np.ndarray]], size: int = 2, devices=None
+    iterator: Iterator[dict[str, np.ndarray]], size: int = 2, devices=None, put=None
 ) -> Iterator[dict[str, jax.Array]]:
     """Shards each host batch over the local devices and keeps `size` batches in flight
     (0 and 1 alike: each batch is transferred when it is asked for).
 
     Arrays arrive on the devices as `[num_devices, per_device, ...]`, split along the
-    leading axis, the layout pmap consumes without another copy.
+    leading axis, the layout pmap consumes without another copy; or as `put(batch)` places
+    them (a mesh's global batch).
     """
     devices = list(devices or jax.local_devices())
     mesh = jax.sharding.Mesh(np.array(devices), ("devices",))
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("devices"))
 
     def to_device(batch):
+        if put is not None:
+            return put(batch)
         return jax.device_put(shard(batch, len(devices)), sharding)
 
     queue = collections.deque()

@@ -212,4 +212,3 @@ def d_prime(auc: float) -> float:
     from scipy.stats import norm
 
     return float(np.sqrt(2.0) * norm.ppf(auc))
-

@@ -93,9 +93,7 @@ class Checkpointer:
                 f"({len(problems)} differences):\n  {shown}{more}\n"
                 "Use a new --workdir for a different model; nothing was overwritten."
             )
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), target
-        )
+        abstract = jax.tree.map(abstract_array, target)
         with self._unreadable(step):
             return self._manager.restore(step, args=self._ocp.args.StandardRestore(abstract))
 
@@ -121,6 +119,21 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def abstract_array(x) -> jax.ShapeDtypeStruct:
+    """The restore target of one array, always with a sharding: a target's own (a sharded
+    state is read shard by shard onto its mesh), else this process's first device in a
+    single-process run. Without one Orbax would put the array back on the devices that
+    wrote it, which a run on another mesh may not have."""
+    if isinstance(x, jax.ShapeDtypeStruct):
+        return x
+    if isinstance(x, jax.Array) and len(x.sharding.device_set) > 1:
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+    sharding = None
+    if jax.process_count() == 1:
+        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=sharding)
 
 
 def _flat_meta(tree) -> dict:

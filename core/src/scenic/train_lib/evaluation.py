@@ -16,31 +16,28 @@ import logging
 import jax
 import numpy as np
 
-from scenic.dataset_lib import dataset_utils
-from scenic.train_lib import steps, summaries
+from scenic.train_lib import layouts, steps, summaries
 
 logger = logging.getLogger("scenic")
 
 
-def evaluate(p_eval_step, state, batches, prefetch: int, model) -> dict[str, float]:
-    """One pass over `batches` (an iterable of padded host batches) -> metrics."""
+def evaluate(
+    p_eval_step, state, batches, prefetch: int, model, layout=layouts.PMAP
+) -> dict[str, float]:
+    """One pass over `batches` (an iterable of padded host batches) -> metrics, with the
+    eval step compiled for `layout` (the trainer's `layouts` object; pmap by default)."""
     pairs, totals, examples = [], None, []
-    for batch in dataset_utils.prefetch_to_device(iter(batches), prefetch):
+    for batch in layout.device_batches(iter(batches), prefetch):
         batch_pairs, batch_totals, batch_examples = p_eval_step(state, batch)
         pairs.append(batch_pairs)
-        batch_totals = jax.tree.map(
-            lambda x: np.asarray(x[0], np.float64), jax.device_get(batch_totals)
-        )
+        batch_totals = layout.host_totals(batch_totals)
         totals = batch_totals if totals is None else jax.tree.map(np.add, totals, batch_totals)
         if batch_examples:
-            # [devices, per_device, ...] -> [host_batch, ...]
-            examples.append(
-                jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), jax.device_get(batch_examples))
-            )
+            examples.append(layout.host_examples(batch_examples))
     metrics = summaries.normalize_metrics(pairs)
     if examples:
         examples = jax.tree.map(lambda *xs: np.concatenate(xs), *examples)
-        if jax.process_count() > 1:
+        if jax.process_count() > 1 and not layout.examples_are_global:
             from jax.experimental import multihost_utils
 
             examples = jax.tree.map(
@@ -53,12 +50,13 @@ def evaluate(p_eval_step, state, batches, prefetch: int, model) -> dict[str, flo
 
 
 def evaluate_splits(
-    p_eval_step, state, dataset, prefetch: int, model
+    p_eval_step, state, dataset, prefetch: int, model, layout=layouts.PMAP
 ) -> dict[str, dict[str, float]]:
     """Metrics of the main eval split (under '') and of every extra split (its name)."""
-    results = {"": evaluate(p_eval_step, state, dataset.eval_batches(), prefetch, model)}
+    evaluate_split = functools.partial(evaluate, p_eval_step, state, model=model, layout=layout)
+    results = {"": evaluate_split(dataset.eval_batches(), prefetch)}
     for name, split_batches in dataset.extra_eval_splits.items():
-        results[name] = evaluate(p_eval_step, state, split_batches(), prefetch, model)
+        results[name] = evaluate_split(split_batches(), prefetch)
     return results
 
 
@@ -76,7 +74,7 @@ def log_splits(step: int, results: dict[str, dict[str, float]]) -> None:
         logger.info("eval%s at step %d: %s", split, step, format_metrics(metrics))
 
 
-def multiview_test(state, dataset, config, model, dtype) -> dict[str, float]:
+def multiview_test(state, dataset, config, model, dtype, layout=layouts.PMAP) -> dict[str, float]:
     """The multi-view test pass (`config.multiview_test`), metrics prefixed 'multiview_'."""
     if not config.multiview_test:
         return {}
@@ -85,23 +83,24 @@ def multiview_test(state, dataset, config, model, dtype) -> dict[str, float]:
             f"multiview_test is set but data set {config.dataset_name!r} has no multi-view "
             "eval (multiview_eval_batches)."
         )
-    step_fn = jax.pmap(
-        functools.partial(steps.multiview_eval_step, model=model, dtype=dtype),
-        axis_name=steps.AXIS,
+    step_fn = layout.eval_step(
+        functools.partial(steps.multiview_eval_step, model=model, dtype=dtype)
     )
     metrics = evaluate(
-        step_fn, state, dataset.multiview_eval_batches(), config.prefetch_to_device, model
+        step_fn, state, dataset.multiview_eval_batches(), config.prefetch_to_device, model, layout
     )
     logger.info("multi-view test: %s", format_metrics(metrics))
     return {f"multiview_{k}": v for k, v in metrics.items()}
 
 
-def final_evaluation(p_eval_step, state, dataset, config, model, dtype) -> dict[str, float]:
+def final_evaluation(
+    p_eval_step, state, dataset, config, model, dtype, layout=layouts.PMAP
+) -> dict[str, float]:
     """Every eval split plus, when configured, the multi-view test: a run's last word."""
     metrics = flatten_splits(
-        evaluate_splits(p_eval_step, state, dataset, config.prefetch_to_device, model)
+        evaluate_splits(p_eval_step, state, dataset, config.prefetch_to_device, model, layout)
     )
-    metrics.update(multiview_test(state, dataset, config, model, dtype))
+    metrics.update(multiview_test(state, dataset, config, model, dtype, layout))
     return metrics
 
 

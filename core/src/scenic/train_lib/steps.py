@@ -31,6 +31,7 @@ def train_step(
     mix_fn=None,
     ema_settings: dict | None = None,
     dtype=jnp.float32,
+    axis_name: str | None = AXIS,
 ):
     """One optimisation step on each device's shard, gradients averaged over devices.
 
@@ -41,9 +42,15 @@ def train_step(
     batch statistics is threaded through them in order). `mix_fn` applies mixup / cutmix
     on the device; floating inputs are cast to the compute `dtype`; `ema_settings` updates
     the parameter EMA. Returns (state, metrics, all_finite).
+
+    `axis_name=None` is the step of `jax.jit` over a device mesh: the batch is the global
+    one (XLA partitions it), so nothing is averaged over a named axis, and micro-batches
+    take every `accumulation_steps`-th example, so each device's rows stay on it.
     """
     rng = jax.random.wrap_key_data(state.rng)
-    dropout_rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), jax.lax.axis_index(AXIS))
+    dropout_rng = jax.random.fold_in(rng, state.step)
+    if axis_name is not None:
+        dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
     mutable = list(state.model_state.keys())
     if mix_fn is not None:
         batch = mix_fn(jax.random.fold_in(dropout_rng, MIXUP_STREAM), batch)
@@ -60,7 +67,7 @@ def train_step(
         )
         outputs, new_model_state = out if mutable else (out, {})
         outputs = precision.to_float32(outputs)
-        loss, metrics = model.loss_and_metrics(outputs, micro_batch, params, axis_name=AXIS)
+        loss, metrics = model.loss_and_metrics(outputs, micro_batch, params, axis_name=axis_name)
         return loss, (metrics, dict(new_model_state))
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -70,7 +77,7 @@ def train_step(
         )
     else:
         micro_batches = jax.tree.map(
-            lambda x: x.reshape(accumulation_steps, x.shape[0] // accumulation_steps, *x.shape[1:]),
+            lambda x: split_micro_batches(x, accumulation_steps, strided=axis_name is None),
             batch,
         )
 
@@ -92,8 +99,8 @@ def train_step(
         grads = jax.tree.map(lambda g: g / accumulation_steps, grads)
         loss = loss / accumulation_steps
         metrics = jax.tree.map(lambda x: x.sum(axis=0), metrics)
-    grads = jax.lax.pmean(grads, AXIS)
-    new_model_state = jax.lax.pmean(new_model_state, AXIS)
+    grads = pmean(grads, axis_name)
+    new_model_state = pmean(new_model_state, axis_name)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.global_norm(grads)
@@ -102,7 +109,7 @@ def train_step(
     metrics["grad_norm"] = (grad_norm, jnp.ones(()))
     metrics["param_norm"] = (optax.global_norm(params), jnp.ones(()))
     finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)).astype(jnp.int32)
-    all_finite = jax.lax.pmin(finite, AXIS)
+    all_finite = finite if axis_name is None else jax.lax.pmin(finite, axis_name)
     ema_params = state.ema_params
     if ema_settings is not None:
         ema_params = ema.update_ema(ema_params, params, state.step + 1, **ema_settings)
@@ -116,32 +123,45 @@ def train_step(
     return new_state, metrics, all_finite
 
 
+def pmean(tree, axis_name: str | None):
+    return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
+
+
+def split_micro_batches(x, count: int, strided: bool = False):
+    """[B, ...] -> [count, B / count, ...]: consecutive blocks, or (`strided`) every
+    `count`-th example, which keeps each micro-batch's rows on the devices that hold them
+    when the batch axis is sharded."""
+    if strided:
+        return jnp.swapaxes(x.reshape(x.shape[0] // count, count, *x.shape[1:]), 0, 1)
+    return x.reshape(count, x.shape[0] // count, *x.shape[1:])
+
+
 def eval_variables(state: TrainState) -> dict:
     """The variables evaluated: the parameter EMA when the run keeps one."""
     params = state.params if state.ema_params is None else state.ema_params
     return {"params": params, **state.model_state}
 
 
-def eval_step(state: TrainState, batch, *, model, dtype=jnp.float32):
+def eval_step(state: TrainState, batch, *, model, dtype=jnp.float32, axis_name=AXIS):
     """(sum, normalizer) metrics, eval totals and per-example outputs of one batch."""
     batch = precision.cast_inputs(batch, dtype)
     outputs = model.flax_model.apply(eval_variables(state), batch["inputs"], train=False)
-    return eval_outputs(model, precision.to_float32(outputs), batch)
+    return eval_outputs(model, precision.to_float32(outputs), batch, axis_name)
 
 
-def eval_outputs(model, outputs, batch):
+def eval_outputs(model, outputs, batch, axis_name=AXIS):
     """(metrics, totals, per-example outputs) of a batch's outputs: what an eval step returns."""
     examples = model.eval_examples(outputs, batch)
     if examples:
         examples["batch_mask"] = batch["batch_mask"]
     return (
-        model.get_metrics(outputs, batch, axis_name=AXIS),
-        model.eval_totals(outputs, batch, axis_name=AXIS),
+        model.get_metrics(outputs, batch, axis_name=axis_name),
+        model.eval_totals(outputs, batch, axis_name=axis_name),
         examples,
     )
 
 
-def multiview_eval_step(state: TrainState, batch, *, model, dtype=jnp.float32):
+def multiview_eval_step(state: TrainState, batch, *, model, dtype=jnp.float32, axis_name=AXIS):
     """Like `eval_step` for inputs [B, V, ...] (V views of each example, e.g. temporal
     clips x spatial crops of a video; every modality of a dict has the same V): the model
     sees all B * V views at once and its outputs are averaged over each example's views."""
@@ -158,7 +178,7 @@ def multiview_eval_step(state: TrainState, batch, *, model, dtype=jnp.float32):
     outputs = jax.tree.map(
         lambda y: average_views(y, num_examples, num_views), precision.to_float32(outputs)
     )
-    return eval_outputs(model, outputs, batch)
+    return eval_outputs(model, outputs, batch, axis_name)
 
 
 def average_views(y, num_examples: int, num_views: int):

@@ -1,7 +1,9 @@
-"""The core trainer: one pmap training loop for any task whose model fits `BaseModel`.
+"""The core trainer: one training loop for any task whose model fits `BaseModel`.
 
-One process drives its local devices with `jax.pmap` (steps in `steps`); gradients and
-metrics are averaged over the device axis. The loop trains, evaluates every eval split
+One process drives its local devices with `jax.pmap` (steps in `steps`), gradients and
+metrics averaged over the device axis; or, with `parallelism = 'mesh'`, with `jax.jit` over
+a (data, fsdp, model) device mesh whose partition rules shard parameters and optimizer
+state (`layouts`, `partitioning`). The loop trains, evaluates every eval split
 every `log_eval_steps` (`evaluation`), checkpoints every `checkpoint_steps` (and at the end),
 and resumes from the latest checkpoint in the workdir with the data stream positioned
 exactly where it stopped. Tasks plug in through the model (input spec, outputs,
@@ -34,14 +36,15 @@ import ml_collections
 import numpy as np
 
 from scenic.common_lib import debug_utils
-from scenic.dataset_lib import dataset_utils
 from scenic.train_lib import (
     checkpoints,
     ema,
     evaluation,
+    layouts,
     lr_schedules,
     mixup,
     optimizers,
+    partitioning,
     precision,
     preemption,
     pretrained_init,
@@ -49,7 +52,7 @@ from scenic.train_lib import (
     summaries,
     trainer_config,
 )
-from scenic.train_lib.train_state import TrainState, replicate, unreplicate
+from scenic.train_lib.train_state import TrainState
 
 logger = logging.getLogger("scenic")
 AXIS = steps.AXIS
@@ -105,6 +108,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     schedule, mixup, EMA, compute dtype and init_from sections."""
     trainer_config.check_values(config)
     trainer_config.check_batch_split(config, jax.process_count(), jax.local_device_count())
+    if config.parallelism == "mesh":
+        partitioning.mesh_shape(config.mesh.to_dict(), jax.device_count())
+        partitioning.check_rules(config.partition_rules)
     steps_for_check = config.num_training_steps or 1 << 30  # epochs: checked once data is known
     schedule = lr_schedules.compound_schedule(config.lr_configs, steps_for_check)
     optimizers.get_optimizer(config.optimizer, schedule)
@@ -167,12 +173,15 @@ def make_optimizer(config: ml_collections.ConfigDict, num_steps: int):
     return optimizers.get_optimizer(config.optimizer, lr_fn), lr_fn
 
 
-def restore_latest(checkpointer, state: TrainState, config, step: int | None = None) -> TrainState:
+def restore_latest(
+    checkpointer, state: TrainState, config, step: int | None = None, layout=layouts.PMAP
+) -> TrainState:
     """The latest checkpoint (or `step`'s) restored into `state`'s structure (with the EMA
-    if the run keeps one)."""
+    if the run keeps one), on the host, or with a mesh layout straight onto its shardings
+    (whatever mesh or mode wrote the checkpoint)."""
     if config.ema:  # the restore target must hold what the checkpoint holds
         state = state.replace(ema_params=ema.init_ema(state.params))
-    return TrainState.from_dict(checkpointer.restore(jax.device_get(state.to_dict()), step))
+    return TrainState.from_dict(checkpointer.restore(layout.restore_target(state), step))
 
 
 def train(
@@ -205,14 +214,20 @@ def train(
     accumulation_steps = int(config.grad_accumulation_steps)
     mix_fn = mixup.from_config(config.mixup, dataset.meta_data.get("num_classes"))
     ema_settings = ema.from_config(config.ema)
+    layout = layouts.from_config(config)
+    if layout.name == "mesh":  # partition rule errors before anything is written
+        layout.state_shardings(jax.eval_shape(lambda: state))
+        logger.info(
+            "Mesh %s, partition rules: %s.", dict(layout.mesh.shape), layout.rules or "default"
+        )
 
     checkpointer = checkpoints.Checkpointer(workdir, config.max_checkpoints_to_keep)
     if checkpointer.latest_step() is not None:
-        state = restore_latest(checkpointer, state, config)
-        logger.info("Resumed from %s at step %d.", checkpointer.directory, int(state.step))
+        state = restore_latest(checkpointer, state, config, layout=layout)
+        logger.info("Resumed from %s at step %d.", checkpointer.directory, host_int(state.step))
     else:
         state = apply_init_from(state, config, tx, model)
-    start_step = int(state.step)
+    start_step = host_int(state.step)
 
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
@@ -229,10 +244,10 @@ def train(
         ema_settings=ema_settings,
         dtype=dtype,
     )
-    p_train_step = jax.pmap(train_fn, axis_name=AXIS, donate_argnums=(0,))
-    p_eval_step = make_eval_step(model, dtype)
-    p_all_finite = jax.pmap(lambda tree: steps.all_finite(tree), axis_name=AXIS)
-    state = replicate(state, axis_name=AXIS)
+    state = layout.place_state(state)
+    p_train_step = layout.train_step(train_fn)
+    p_eval_step = make_eval_step(model, dtype, layout)
+    p_all_finite = layout.all_finite()
     writer = summaries.create_writer(str(workdir))
     # MFU estimate: training ~ 3x the forward FLOPs (forward + backward), against a matmul
     # in the compute dtype timed here on one device, times the device count.
@@ -243,14 +258,14 @@ def train(
         train_flops_per_example=3 * forward_flops if forward_flops else None,
         peak_flops=debug_utils.peak_matmul_flops(size=2048, dtype=dtype) * jax.device_count(),
     )
-    train_batches = dataset_utils.prefetch_to_device(
+    train_batches = layout.device_batches(
         dataset.train_batches(start_step), config.prefetch_to_device
     )
     train_pairs, finite_flags, eval_metrics = [], [], {}
     if start_step >= num_steps:
         logger.info("Already trained for %d steps; evaluating only.", num_steps)
         eval_metrics = evaluation.final_evaluation(
-            p_eval_step, state, dataset, config, model, dtype
+            p_eval_step, state, dataset, config, model, dtype, layout
         )
     loop_start = time.perf_counter()
     first_step_time, paused = 0.0, 0.0  # compile time; time spent in eval / checkpoints
@@ -270,7 +285,7 @@ def train(
             is_last = step == num_steps or stopping
             profiler.after_step(step, state, stopping=is_last)
             if step % config.log_summary_steps == 0 or is_last:
-                check_finite(finite_flags)
+                check_finite(finite_flags, layout)
                 train_metrics = summaries.normalize_metrics(train_pairs)
                 train_pairs = []
                 train_metrics.update(progress.report(step, train_metrics))
@@ -281,30 +296,32 @@ def train(
                 jax.block_until_ready(state)
                 pause_start = time.perf_counter()
                 if do_eval:
-                    eval_metrics = run_eval(p_eval_step, state, dataset, config, model, step)
+                    eval_metrics = run_eval(
+                        p_eval_step, state, dataset, config, model, step, layout
+                    )
                     if step == num_steps:
                         eval_metrics.update(
-                            evaluation.multiview_test(state, dataset, config, model, dtype)
+                            evaluation.multiview_test(state, dataset, config, model, dtype, layout)
                         )
                     writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
                 if do_save:
-                    check_finite(finite_flags)
-                    if not bool(np.asarray(p_all_finite(state.params))[0]):
+                    check_finite(finite_flags, layout)
+                    if not bool(layout.scalar(p_all_finite(state.params))):
                         raise NonFiniteLossError(
                             f"Parameters are not finite at step {step}; not checkpointing. "
                             f"The last good checkpoint ({checkpointer.latest_step()}) is kept."
                         )
-                    checkpointer.save(step, unreplicate(state).to_dict())
+                    checkpointer.save(step, layout.checkpoint_state(state))
                 paused += time.perf_counter() - pause_start
             if stopping:
                 break
     jax.block_until_ready(state)
     train_time = time.perf_counter() - loop_start - paused
-    steps_run = int(unreplicate(state.step)) - start_step
+    steps_run = int(layout.scalar(state.step)) - start_step
     writer.flush()
     checkpointer.close()
 
-    host_state = unreplicate(state).to_dict()
+    host_state = layout.host_state(state)
     final = dict(eval_metrics)
     final["step"] = int(host_state["step"])
     final["train_time_sec"] = train_time
@@ -325,14 +342,16 @@ def train(
     return result
 
 
-def make_eval_step(model, dtype):
-    return jax.pmap(functools.partial(steps.eval_step, model=model, dtype=dtype), axis_name=AXIS)
+def make_eval_step(model, dtype, layout=layouts.PMAP):
+    return layout.eval_step(functools.partial(steps.eval_step, model=model, dtype=dtype))
 
 
-def run_eval(p_eval_step, state, dataset, config, model, step: int) -> dict[str, float]:
+def run_eval(
+    p_eval_step, state, dataset, config, model, step: int, layout=layouts.PMAP
+) -> dict[str, float]:
     """Every eval split at `step`, logged; returns the flat metrics."""
     results = evaluation.evaluate_splits(
-        p_eval_step, state, dataset, config.prefetch_to_device, model
+        p_eval_step, state, dataset, config.prefetch_to_device, model, layout
     )
     evaluation.log_splits(step, results)
     return evaluation.flatten_splits(results)
@@ -361,14 +380,19 @@ def apply_init_from(state: TrainState, config: ml_collections.ConfigDict, tx, mo
     return state
 
 
-def check_finite(finite_flags: list) -> None:
+def host_int(x) -> int:
+    """A scalar that every device holds alike (a host value, or any one device's copy)."""
+    return int(np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x))
+
+
+def check_finite(finite_flags: list, layout=layouts.PMAP) -> None:
     """Raises NonFiniteLossError naming the first step whose loss or gradient was not finite.
 
     The flags stay on the device until a log or checkpoint step, so this check does not
     stall the asynchronous dispatch of training steps.
     """
     for step, flag in finite_flags:
-        if not int(np.asarray(flag)[0]):
+        if not int(layout.scalar(flag)):
             raise NonFiniteLossError(
                 f"The training loss or gradient became NaN or infinite at step {step}. "
                 "No checkpoint was written after it; lower the learning rate, add gradient "
@@ -463,12 +487,13 @@ def evaluate_checkpoint(
         config, total_train_steps(config, dataset.meta_data["num_train_examples"])
     )
     state = initialize_state(model, config, jax.random.key(config.rng_seed), tx)
-    state = restore_latest(checkpointer, state, config)
+    layout = layouts.from_config(config)
+    state = restore_latest(checkpointer, state, config, layout=layout)
     checkpointer.close()
-    step = int(state.step)
-    state = replicate(state, axis_name=AXIS)
+    state = layout.place_state(state)
+    step = int(layout.scalar(state.step))
     metrics = evaluation.final_evaluation(
-        make_eval_step(model, dtype), state, dataset, config, model, dtype
+        make_eval_step(model, dtype, layout), state, dataset, config, model, dtype, layout
     )
     metrics["step"] = step
     if jax.process_index() == 0:

@@ -54,12 +54,26 @@ def default_config() -> ml_collections.ConfigDict:
             "mixup": {},
             "ema": {},
             "init_from": {},
+            # 'pmap' (data parallelism) or 'mesh' (jit over the mesh below, parameters and
+            # optimizer state sharded by partition_rules; see train_lib/layouts.py).
+            "parallelism": "pmap",
+            "mesh": {"data": -1, "fsdp": 1, "model": 1},
+            "partition_rules": (),
         }
     )
 
 
 #: Sections whose keys are checked by whatever consumes them, not by the schema.
-FREE_SECTIONS = ("model", "dataset_configs", "optimizer", "lr_configs", "mixup", "ema", "init_from")
+FREE_SECTIONS = (
+    "model",
+    "dataset_configs",
+    "optimizer",
+    "lr_configs",
+    "mixup",
+    "ema",
+    "init_from",
+    "mesh",  # checked by partitioning.mesh_shape: axes left out default there
+)
 
 
 def check_values(config: ml_collections.ConfigDict) -> None:
@@ -74,6 +88,8 @@ def check_values(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("Set num_training_steps or num_training_epochs (both are 0).")
     if config.num_training_epochs < 0:
         raise ConfigError(f"num_training_epochs must be >= 0, got {config.num_training_epochs}.")
+    if config.parallelism not in ("pmap", "mesh"):
+        raise ConfigError(f"parallelism must be 'pmap' or 'mesh', got {config.parallelism!r}.")
     if config.get("label_smoothing") and (config.mixup or {}).get("label_smoothing"):
         raise ConfigError(
             "label_smoothing and mixup.label_smoothing are both set: targets would be "

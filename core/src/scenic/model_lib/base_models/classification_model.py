@@ -134,4 +134,3 @@ def multilabel_metrics(scores, labels) -> dict[str, float]:
         "AUC": auc,
         "d_prime": model_utils.d_prime(auc) if np.isfinite(auc) else float("nan"),
     }
-
