@@ -2,6 +2,8 @@
 (`remat` is checked through the models built on it: scenic_baselines' test_vit and
 scenic_vivit's test_model.)"""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -239,3 +241,104 @@ def test_bad_settings_are_named():
         vit_encoder.TubeletEmbedding((3, 4, 4), WIDTH).init(
             jax.random.key(0), jnp.zeros((1, 4, 8, 8, 3))
         )
+
+
+# ------------------------------------------------------------------ layer scan and remat
+
+
+def encoder(**kwargs):
+    return vit_encoder.Encoder(
+        num_layers=3, mlp_dim=MLP, num_heads=HEADS, dropout_rate=0.1, **kwargs
+    )
+
+
+def test_scanned_layers_compute_what_per_layer_blocks_do_in_any_remat_policy():
+    """The scanned encoder (stacked parameters, one traced block) gives the per-layer
+    encoder's outputs and gradients on the same weights (converted by `stack_layers`), for
+    every remat policy; with dropout on, both draw one mask per layer from the same stream
+    only by chance, so training-mode equality is checked with dropout off."""
+    tokens = jax.random.normal(jax.random.key(1), (2, 5, WIDTH))
+    plain = encoder()
+    params = random_params(plain, tokens)
+    flat = traverse_util.flatten_dict(params, sep="/")
+    for remat in (False, "full", "dots"):
+        scanned = encoder(scan_layers=True, remat=remat)
+        wanted = param_shapes(scanned, tokens)
+        stacked = vit_encoder.stack_layers(flat, wanted)
+        assert {k: v.shape for k, v in stacked.items()} == wanted
+        assert wanted["encoderblock/MlpBlock_3/Dense_0/kernel"] == (3, WIDTH, MLP)
+        scanned_params = traverse_util.unflatten_dict(stacked, sep="/")
+
+        def loss(module, p):
+            return jnp.sum(jnp.sin(module.apply({"params": p}, tokens, train=False)))
+
+        np.testing.assert_allclose(
+            scanned.apply({"params": scanned_params}, tokens),
+            plain.apply({"params": params}, tokens),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+        grads = traverse_util.flatten_dict(jax.grad(lambda p: loss(plain, p))(params), sep="/")
+        scanned_loss = functools.partial(loss, scanned)
+        scanned_grads = jax.grad(scanned_loss)(scanned_params)
+        scanned_grads = traverse_util.flatten_dict(scanned_grads, sep="/")
+        back = vit_encoder.stack_layers(scanned_grads, grads)
+        for name, grad in grads.items():
+            np.testing.assert_allclose(back[name], grad, rtol=1e-4, atol=1e-6, err_msg=name)
+        jaxpr = str(jax.make_jaxpr(jax.grad(scanned_loss))(scanned_params))
+        assert "scan" in jaxpr
+        assert ("remat" in jaxpr or "checkpoint" in jaxpr) == bool(remat)
+
+
+def test_stack_layers_converts_both_ways_and_leaves_other_names():
+    per_layer = {
+        "Transformer/encoderblock_0/w": np.zeros((2, 3)),
+        "Transformer/encoderblock_1/w": np.ones((2, 3)),
+        "Transformer/encoder_norm/scale": np.ones(3),
+        "head/kernel": np.ones((3, 4)),
+    }
+    scanned_shapes = {
+        "Transformer/encoderblock/w": (2, 2, 3),
+        "Transformer/encoder_norm/scale": (3,),
+        "head/kernel": (3, 4),
+    }
+    stacked = vit_encoder.stack_layers(per_layer, scanned_shapes)
+    assert sorted(stacked) == sorted(scanned_shapes)
+    np.testing.assert_array_equal(stacked["Transformer/encoderblock/w"][1], np.ones((2, 3)))
+    back = vit_encoder.stack_layers(stacked, per_layer)
+    assert sorted(back) == sorted(per_layer)
+    for name, value in per_layer.items():
+        np.testing.assert_array_equal(back[name], value)
+    # A layer count that does not match is left for the caller's shape check to report.
+    partial = {k: v for k, v in per_layer.items() if "encoderblock_1" not in k}
+    assert "Transformer/encoderblock/w" not in vit_encoder.stack_layers(partial, scanned_shapes)
+
+
+def test_init_from_loads_per_layer_checkpoints_into_scanned_models_and_back():
+    from scenic.train_lib import pretrained_init
+
+    tokens = jnp.ones((1, 5, WIDTH))
+    plain, scanned = encoder(), encoder(scan_layers=True)
+    params = random_params(plain, tokens)
+    fresh_scanned = scanned.init(jax.random.key(3), tokens)["params"]
+    loaded, summary = pretrained_init.init_from(fresh_scanned, params)
+    assert not summary.missing and not summary.unused
+    np.testing.assert_allclose(
+        scanned.apply({"params": loaded}, tokens),
+        plain.apply({"params": params}, tokens),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    reloaded, summary = pretrained_init.init_from(
+        plain.init(jax.random.key(4), tokens)["params"], loaded
+    )
+    assert not summary.missing and not summary.unused
+    jax.tree.map(np.testing.assert_array_equal, reloaded, jax.device_get(params))
+
+
+def test_scan_and_remat_settings_that_cannot_work_are_named():
+    tokens = jnp.ones((1, 5, WIDTH))
+    with pytest.raises(ValueError, match="stochastic_depth gives each layer its own rate"):
+        encoder(scan_layers=True, stochastic_depth=0.1).init(jax.random.key(0), tokens)
+    with pytest.raises(ValueError, match="remat must be a bool or one of"):
+        encoder(remat="some").init(jax.random.key(0), tokens)

@@ -11,11 +11,14 @@ MultiHeadDotProductAttention_1, LayerNorm_2, MlpBlock_3}`, `encoder_norm`, `MAPH
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
 from flax.core import FrozenDict
 
 from scenic.model_lib import layers
@@ -141,8 +144,22 @@ class EncoderBlock(nn.Module):
         return x + layers.StochasticDepth(self.stochastic_depth)(y, deterministic)
 
 
-def rematerialised(block_cls: type[nn.Module]) -> type[nn.Module]:
-    """`block_cls` whose activations are recomputed in the backward pass instead of kept.
+#: `remat` values: nothing recomputed; everything recomputed; matmul results kept and the
+#: rest (norms, activations, softmax) recomputed.
+REMAT_POLICIES = ("none", "full", "dots")
+
+
+def remat_policy(remat: bool | str) -> str:
+    """`remat` as one of REMAT_POLICIES (False -> 'none', True -> 'full')."""
+    policy = {False: "none", True: "full"}.get(remat, remat) if isinstance(remat, bool) else remat
+    if policy not in REMAT_POLICIES:
+        raise ValueError(f"remat must be a bool or one of {REMAT_POLICIES}, got {remat!r}.")
+    return policy
+
+
+def rematerialised(block_cls: type[nn.Module], policy: bool | str = "full") -> type[nn.Module]:
+    """`block_cls` whose activations are recomputed in the backward pass instead of kept
+    ('full'), or all but its matmul results ('dots').
 
     Trades one more forward pass of the block for activation memory that no longer grows
     with the number of layers (where the compiler exploits it: XLA:CPU was measured not to);
@@ -150,7 +167,59 @@ def rematerialised(block_cls: type[nn.Module]) -> type[nn.Module]:
     `(x, deterministic)` positionally: `deterministic` (argument 2, after the module itself)
     is static.
     """
-    return nn.remat(block_cls, static_argnums=(2,))
+    policy = remat_policy(policy)
+    if policy == "none":
+        return block_cls
+    saveable = jax.checkpoint_policies.checkpoint_dots if policy == "dots" else None
+    return nn.remat(block_cls, static_argnums=(2,), policy=saveable)
+
+
+class ScannedBlocks(nn.Module):
+    """`num_layers` identical blocks as one `nn.scan`: the block is traced and compiled once
+    whatever the depth. Parameters are stacked on a leading layer axis under
+    `encoderblock/...` (`stack_layers` / `unstack_layers` convert to and from the per-layer
+    names `encoderblock_i/...`). Every layer has the same stochastic-depth rate."""
+
+    block: type[nn.Module]
+    num_layers: int
+    block_kwargs: Mapping[str, Any] = FrozenDict()
+
+    def setup(self):
+        self.inner = self.block(**self.block_kwargs)
+        nn.share_scope(self, self.inner)  # the block's parameters directly under this scope
+
+    def __call__(self, x, deterministic: bool):
+        return self.inner(x, deterministic), None
+
+
+def stack_layers(flat: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict:
+    """Flat '/'-named arrays converted to the layer layout of `wanted` (flat names ->
+    arrays or shapes): per-layer `encoderblock_i/...` stacked where `wanted` has a scanned
+    `encoderblock/...`, and a scanned one split where `wanted` has per-layer names. Names
+    already in `wanted`'s layout are kept as they are."""
+    out = dict(flat)
+    for name, value in wanted.items():
+        if name in out:
+            continue
+        match = re.search(r"(^|/)encoderblock(_(\d+))?/", name)
+        if match is None:
+            continue
+        head, tail = name[: match.start()] + match.group(1), name[match.end() :]
+        if match.group(2) is None:  # scanned in the model: stack the checkpoint's layers
+            layers = (value if isinstance(value, tuple) else np.shape(value))[0]
+            names = [f"{head}encoderblock_{i}/{tail}" for i in range(layers)]
+            if all(n in out for n in names):
+                out[name] = np.stack([np.asarray(out.pop(n)) for n in names])
+        else:  # per-layer in the model: one slice of the checkpoint's stack
+            stacked = f"{head}encoderblock/{tail}"
+            if stacked in out:
+                out[name] = np.asarray(out[stacked])[int(match.group(3))]
+    used_stacks = {
+        f"{n[: m.start()]}{m.group(1)}encoderblock/{n[m.end() :]}"
+        for n in wanted
+        if (m := re.search(r"(^|/)encoderblock_\d+/", n))
+    }
+    return {k: v for k, v in out.items() if k not in used_stacks or k in wanted}
 
 
 class Encoder(nn.Module):
@@ -165,7 +234,11 @@ class Encoder(nn.Module):
     Attributes:
       posemb: 'learned' or 'sincos2d' (fixed; needs `posemb_grid`, the (h, w) patch grid).
       has_cls_token: the first token is a class token (no sin-cos embedding is added to it).
-      remat: recompute each block's activations in the backward pass (`rematerialised`).
+      remat: recompute each block's activations in the backward pass: True / 'full', or
+        'dots' to keep matmul results (`rematerialised`).
+      scan_layers: run the blocks as one `nn.scan` (`ScannedBlocks`): compile time and
+        program size independent of depth; parameters stacked under `encoderblock`.
+        Needs `stochastic_depth` 0 (its rate differs per layer).
       block, block_kwargs: the block's class and its extra constructor arguments (e.g.
         `{"attention": SomeAttention}` for `EncoderBlock`).
     """
@@ -179,7 +252,8 @@ class Encoder(nn.Module):
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
     stochastic_depth: float = 0.0
-    remat: bool = False
+    remat: bool | str = False
+    scan_layers: bool = False
     dtype: jnp.dtype | None = None
     block: type[nn.Module] = EncoderBlock
     block_kwargs: Mapping[str, Any] = FrozenDict()
@@ -205,7 +279,32 @@ class Encoder(nn.Module):
         else:
             raise ValueError(f"ViT posemb must be 'learned' or 'sincos2d', got {self.posemb!r}.")
         x = nn.Dropout(self.dropout_rate)(x.reshape(shape), deterministic=not train)
-        block = rematerialised(self.block) if self.remat else self.block
+        block = rematerialised(self.block, self.remat)
+        if self.scan_layers:
+            if self.stochastic_depth:
+                raise ValueError(
+                    "scan_layers runs identical blocks, but stochastic_depth gives each "
+                    "layer its own rate: set stochastic_depth=0 or scan_layers=False."
+                )
+            scan = nn.scan(
+                ScannedBlocks,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=nn.broadcast,
+                length=self.num_layers,
+            )
+            kwargs = dict(
+                mlp_dim=self.mlp_dim,
+                num_heads=self.num_heads,
+                dropout_rate=self.dropout_rate,
+                attention_dropout_rate=self.attention_dropout_rate,
+                dtype=self.dtype,
+                **self.block_kwargs,
+            )
+            x, _ = scan(block, self.num_layers, FrozenDict(kwargs), name="encoderblock")(
+                x, not train
+            )
+            return nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype, name="encoder_norm")(x)
         for i in range(self.num_layers):
             x = block(
                 mlp_dim=self.mlp_dim,

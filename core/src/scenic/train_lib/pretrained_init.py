@@ -41,6 +41,7 @@ import ml_collections
 import numpy as np
 
 from scenic.common_lib.config_utils import ConfigError, check_keys, did_you_mean
+from scenic.model_lib import vit_encoder
 
 CONFIG_KEYS = (
     "checkpoint",
@@ -252,7 +253,8 @@ def init_from(
     `params`: the fresh nested params; `restored`: nested or flat ('/'-joined) arrays.
     """
     fresh = flatten(params)
-    source = _renamed(flatten(restored), rename)
+    # Encoder blocks stacked by layer scan or one per layer, as the model has them.
+    source = vit_encoder.stack_layers(_renamed(flatten(restored), rename), fresh)
     for pattern in reinit:
         if not any(re.fullmatch(pattern, n) for n in (*fresh, *source)):
             raise PretrainedInitError(

@@ -37,9 +37,13 @@ class ViT(nn.Module):
         epsilon. The defaults (tanh GELU, 1e-6) are the JAX originals' (vit_jax, big_vision,
         Scenic); timm ViTs need `exact_gelu=True`, Hugging Face ViTs also their epsilon
         (1e-12) for the same logits (`vit_weights`).
-      remat: recompute each encoder block's activations in the backward pass (about a
-        quarter more compute; parameters are the same either way). Meant to save activation
-        memory on accelerators; XLA:CPU was measured to save none (tools/README.md).
+      remat: recompute each encoder block's activations in the backward pass (True or
+        'full'; 'dots' keeps the matmul results): about a quarter more compute, parameters
+        the same either way. Meant to save activation memory on accelerators; XLA:CPU was
+        measured to save none (tools/README.md).
+      scan_layers: the encoder blocks as one `nn.scan` (compiled once whatever the depth;
+        parameters stacked under `Transformer/encoderblock`, converted to and from the
+        per-layer names by `init_from`). Needs stochastic_depth 0.
     """
 
     num_classes: int | None
@@ -57,7 +61,8 @@ class ViT(nn.Module):
     head_bias_init: float = 0.0
     exact_gelu: bool = False
     layer_norm_epsilon: float = 1e-6
-    remat: bool = False
+    remat: bool | str = False
+    scan_layers: bool = False
     dtype: jnp.dtype | None = None
 
     @nn.compact
@@ -91,6 +96,7 @@ def encode_and_classify(vit, x, train: bool):
         attention_dropout_rate=vit.attention_dropout_rate,
         stochastic_depth=vit.stochastic_depth,
         remat=vit.remat,
+        scan_layers=vit.scan_layers,
         dtype=vit.dtype,
         block_kwargs={
             "exact_gelu": vit.exact_gelu,

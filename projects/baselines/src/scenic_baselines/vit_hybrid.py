@@ -69,7 +69,8 @@ class ViTHybrid(nn.Module):
     head_bias_init: float = 0.0
     exact_gelu: bool = False
     layer_norm_epsilon: float = 1e-6
-    remat: bool = False
+    remat: bool | str = False
+    scan_layers: bool = False
     conv_impl: str = "auto"
     dtype: Any = None
 
