@@ -14,6 +14,8 @@ plan needs), this file trains the plan's runs and writes their parameters.
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 
@@ -34,6 +36,7 @@ TINY = [
     "log_eval_steps=1000",
     "checkpoint_steps=5",
     "lr_configs.warmup_steps=2",
+    "ema.decay=0.9",
 ]
 #: name -> (overrides, steps at which the run stops: one entry, or a stop and a resume).
 RUNS = {
@@ -44,9 +47,12 @@ RUNS = {
         [5, STEPS],
     ),
 }
+# Across 2 processes x 2 devices: parameters sharded over all 4, across hosts.
+RUNS["mesh_two_hosts"] = (["parallelism='mesh'", "mesh.fsdp=4"], [STEPS])
 PLANS = {
     2: ["pmap", "mesh_data"],
     4: ["pmap", "mesh_data", "mesh_fsdp_model"],
+    "two_hosts": ["mesh_two_hosts"],
 }
 
 
@@ -59,17 +65,26 @@ def flat_params(tree) -> dict:
     }
 
 
-def train_plan(devices: int, out: str) -> None:
-    """Trains the plan's runs in `out/<name>` and saves each one's final parameters."""
+def load_config(overrides):
     from scenic.common_lib import config_utils, runner
-    from scenic.train_lib import trainer
     from scenic_baselines.models import MODELS
 
+    config = config_utils.load_config("vit_digits", "scenic_baselines.configs")
+    return runner.resolve_config(config, MODELS, TINY + overrides)
+
+
+def train_plan(plan, out: str) -> None:
+    """Trains the plan's runs in `out/<name>` and saves each one's final parameters and
+    parameter EMA (process 0)."""
+    import jax
+
+    from scenic.common_lib import runner
+    from scenic.train_lib import trainer
+
     dataset = None
-    for name in PLANS[devices]:
+    for name in PLANS[plan]:
         overrides, stops = RUNS[name]
-        config = config_utils.load_config("vit_digits", "scenic_baselines.configs")
-        config, model_cls = runner.resolve_config(config, MODELS, TINY + overrides)
+        config, model_cls = load_config(overrides)
         dataset = dataset or runner.build_dataset(config)
         for stop in stops:
             result = trainer.train(
@@ -80,7 +95,23 @@ def train_plan(devices: int, out: str) -> None:
                 stop_after_step=stop,
             )
             assert result.step == stop, (name, result.step)
-        np.savez(os.path.join(out, f"{name}.npz"), **flat_params(result.state["params"]))
+        if jax.process_index() == 0:
+            arrays = flat_params(result.state["params"])
+            arrays.update(
+                {f"ema/{k}": v for k, v in flat_params(result.state["ema_params"]).items()}
+            )
+            np.savez(os.path.join(out, f"{name}.npz"), **arrays)
+
+
+def evaluate(workdir: str, overrides) -> dict:
+    """`evaluate_checkpoint` of `workdir`'s last checkpoint, in the mode `overrides` set."""
+    from scenic.common_lib import runner
+    from scenic.train_lib import trainer
+
+    config, model_cls = load_config(overrides)
+    return trainer.evaluate_checkpoint(
+        model_cls=model_cls, dataset=runner.build_dataset(config), config=config, workdir=workdir
+    )
 
 
 def restore_checks(out: str) -> dict:
@@ -92,7 +123,11 @@ def restore_checks(out: str) -> dict:
     from scenic.train_lib.train_state import TrainState
 
     workdir = os.path.join(out, "mesh_fsdp_model")
-    expected = dict(np.load(os.path.join(out, "mesh_fsdp_model.npz")))
+    expected = {
+        k: v
+        for k, v in np.load(os.path.join(out, "mesh_fsdp_model.npz")).items()
+        if not k.startswith("ema/")
+    }
     checkpointer = checkpoints.Checkpointer(workdir)
     stored = dict(checkpointer._manager.item_metadata(STEPS))
     target = jax.tree.map(
@@ -131,10 +166,10 @@ def _max_difference(a: dict, b: dict) -> float:
     return max(float(np.abs(a[k] - b[k]).max()) for k in a)
 
 
-def run_plan(devices: int, out, *args, cache=None, timeout=600):
-    """Runs this file's plan for `devices` in a process with that many CPU devices;
-    `cache`: a JAX compilation cache folder the plans share (the tiny ViT's initialisation,
-    FLOP count and optimizer set-up compile alike in each)."""
+def plan_env(devices: int, cache=None) -> dict:
+    """A process with `devices` CPU devices; `cache`: a JAX compilation cache folder the
+    plans share (the tiny ViT's initialisation, FLOP count and optimizer set-up compile
+    alike in each)."""
     env = dict(
         os.environ,
         TF_CPP_MIN_LOG_LEVEL="2",
@@ -146,15 +181,42 @@ def run_plan(devices: int, out, *args, cache=None, timeout=600):
             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
         )
+    return env
+
+
+def run_plan(devices: int, out, *args, cache=None, timeout=600):
+    """Runs this file's plan for `devices` in a process with that many CPU devices."""
     done = subprocess.run(
         [sys.executable, __file__, str(devices), str(out), *args],
-        env=env,
+        env=plan_env(devices, cache),
         capture_output=True,
         text=True,
         timeout=timeout,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_two_hosts(out, *args, cache=None, timeout=600):
+    """The 'two_hosts' plan in 2 processes x 2 CPU devices (jax.distributed, gloo)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    command = [sys.executable, __file__, "two_hosts", str(out), *args, "--address", address]
+    workers = [
+        subprocess.Popen(
+            [*command, "--process", str(i)],
+            env=plan_env(2, cache),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [worker.communicate(timeout=timeout)[0] for worker in workers]
+    for worker, output in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, output[-3000:]
+    return [json.loads(output.strip().splitlines()[-1]) for output in outputs]
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +227,8 @@ def cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def four_devices(tmp_path_factory, cache):
     out = tmp_path_factory.mktemp("mesh4")
-    return out, run_plan(4, out, "--restore", cache=cache)
+    workdir = out / "pmap"
+    return out, run_plan(4, out, "--restore", "--evaluate", str(workdir), cache=cache)
 
 
 def relative_difference(a: dict, b: dict) -> dict:
@@ -208,16 +271,15 @@ def test_fsdp_and_tensor_parallel_with_accumulation_resumed_equal_pmap(four_devi
 
     step5 = pretrained_init.load_params(out / "mesh_fsdp_model" / "checkpoints" / "5")
     step5 = {k.removeprefix("params/"): v for k, v in step5.items()}
-    final = dict(np.load(out / "pmap.npz"))
+    final = {k: v for k, v in np.load(out / "pmap.npz").items() if not k.startswith("ema/")}
     assert max(relative_difference(final, step5).values()) > 1e-3
 
 
-def test_sharded_checkpoint_restores_onto_other_meshes_the_host_and_init_from(
-    four_devices, cache
-):
-    out, differences = four_devices
+def test_sharded_checkpoint_restores_onto_other_meshes_the_host_and_init_from(four_devices, cache):
+    out, results = four_devices
+    differences = {k: v for k, v in results.items() if not k.startswith("eval_")}
     eight = run_plan(8, out, "--restore-only", cache=cache)
-    differences.update({k: v for k, v in eight.items() if k == "mesh_8"})
+    differences["mesh_8"] = eight["mesh_8"]
     assert set(differences) == {"mesh_1", "mesh_2", "mesh_4", "mesh_8", "host", "init_from"}
     for name, (difference, most_devices) in differences.items():
         assert difference == 0.0, name
@@ -225,12 +287,61 @@ def test_sharded_checkpoint_restores_onto_other_meshes_the_host_and_init_from(
             assert most_devices == int(name.split("_")[1]), name  # sharded over that mesh
 
 
-if __name__ == "__main__":
-    devices, out = int(sys.argv[1]), sys.argv[2]
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("plan")
+    parser.add_argument("out")
+    parser.add_argument("--restore", action="store_true", help="then the restore checks")
+    parser.add_argument("--restore-only", action="store_true")
+    parser.add_argument("--evaluate", help="then evaluate this workdir in pmap and mesh mode")
+    parser.add_argument("--process", type=int, help="with --address: this process's index")
+    parser.add_argument("--address")
+    args = parser.parse_args()
     import jax
 
-    assert jax.device_count() == devices, jax.devices()
-    if "--restore-only" not in sys.argv:
-        train_plan(devices, out)
-    result = restore_checks(out) if {"--restore", "--restore-only"} & set(sys.argv) else {}
+    if args.address:
+        from scenic.train_lib import distributed
+
+        distributed.initialize(args.address, 2, args.process)
+    if args.plan.isdigit():
+        assert jax.device_count() == int(args.plan), jax.devices()
+    result = {}
+    if not args.restore_only:
+        train_plan(int(args.plan) if args.plan.isdigit() else args.plan, args.out)
+    if args.restore or args.restore_only:
+        result.update(restore_checks(args.out))
+    if args.evaluate:
+        modes = {"mesh": ["parallelism='mesh'", "mesh.fsdp=2", "mesh.model=2"]}
+        if not args.address:  # pmap runs one process's devices; the reference is 1 process
+            modes["pmap"] = ["parallelism='pmap'"]
+        for mode, overrides in modes.items():
+            metrics = evaluate(args.evaluate, overrides)
+            result[f"eval_{mode}"] = {k: float(v) for k, v in metrics.items()}
     print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
+
+
+def test_two_hosts_shard_parameters_across_processes_and_evaluate_alike(four_devices, cache):
+    """2 processes x 2 devices, parameters FSDP-sharded over all 4 (across the processes),
+    per-host data: the same training as pmap on 4 devices in one process; and the pmap
+    run's checkpoint evaluated in mesh mode over the two processes gives the metrics the
+    single process gives in either mode."""
+    out, results = four_devices
+    two_hosts = out / "two_hosts"
+    two_hosts.mkdir()
+    shutil.copytree(out / "pmap", two_hosts / "pmap_copy")
+    first, second = run_two_hosts(
+        two_hosts, "--evaluate", str(two_hosts / "pmap_copy"), cache=cache
+    )
+    shutil.copy(two_hosts / "mesh_two_hosts.npz", out / "mesh_two_hosts.npz")
+    assert_same_training(out, "pmap", "mesh_two_hosts")
+    single_process = results["eval_pmap"]
+    assert results["eval_mesh"] == pytest.approx(single_process, rel=1e-6)
+    for result in (first, second):
+        assert result["eval_mesh"] == pytest.approx(single_process, rel=1e-6)
+    assert single_process["accuracy"] > 0.1  # a trained model's, not a constant's

@@ -2,7 +2,7 @@
 
     hatch run python tools/bench_trainer.py [--models digits reference vit_ti16 vit_s16]
         [--steps 30] [--batch N] [--devices N] [--compute-dtype float32|bfloat16]
-        [--remat] [--attention fused|unfused]
+        [--remat] [--attention fused|unfused] [--parallelism pmap mesh] [--rounds N]
 
 For each model it runs `trainer.train` (the code `scenic-baselines train` and
 `scenic-vivit train` run) on an in-memory synthetic data set served through the standard
@@ -125,7 +125,12 @@ def vit_model_config(name: str) -> dict:
 
 
 def config_for(
-    name: str, steps: int, batch: int | None, compute_dtype: str = "float32", remat: bool = False
+    name: str,
+    steps: int,
+    batch: int | None,
+    compute_dtype: str = "float32",
+    remat: bool = False,
+    parallelism: str = "pmap",
 ):
     """The full trainer config (defaults filled in, keys checked) of bench `name`."""
     import ml_collections
@@ -163,6 +168,7 @@ def config_for(
             "checkpoint_steps": 10**9,
             "max_checkpoints_to_keep": 1,
             "compute_dtype": compute_dtype,
+            "parallelism": parallelism,
         }
     )
     schema = trainer_config.default_config()
@@ -249,12 +255,14 @@ def measure(
     remat: bool = False,
     input_shape: tuple[int, ...] | None = None,
     dataset=None,
+    parallelism: str = "pmap",
 ) -> dict:
     """Trains bench `name` for `steps` steps on synthetic data of `input_shape` (default: the
     bench's own), or on `dataset` (a built Dataset whose batches fit the model: a real input
     pipeline, see bench_pipelines.py --end-to-end); returns batch, examples/s, model FLOPs per
     training example (None if XLA gives no cost analysis) and the temporary bytes of a
-    forward + backward pass. Call `setup()` first."""
+    forward + backward pass. `parallelism`: the trainer's mode ('mesh': jit over a data-only
+    mesh of every device). Call `setup()` first."""
     from scenic.train_lib import trainer
 
     if steps < 2:
@@ -263,7 +271,7 @@ def measure(
     num_classes = PROJECT_BENCHES[name][2] if name in PROJECT_BENCHES else NUM_CLASSES
     # One step more than timed, stopped after `steps`: the trainer then checkpoints but skips
     # the final evaluation (and compiling its eval step), which a benchmark does not need.
-    model_name, config = config_for(name, steps + 1, batch, compute_dtype, remat)
+    model_name, config = config_for(name, steps + 1, batch, compute_dtype, remat, parallelism)
     if dataset is None:
         dataset = synthetic_dataset(shape, config.batch_size, num_classes)
     model_cls = model_registry(model_name)[model_name]
@@ -311,6 +319,14 @@ def main() -> None:
         "--remat", action="store_true", help="model.remat: recompute blocks in the backward pass"
     )
     parser.add_argument(
+        "--parallelism",
+        nargs="+",
+        default=["pmap"],
+        choices=("pmap", "mesh"),
+        help="trainer modes to run side by side, alternating (ratio mesh/pmap per round)",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of every mode, interleaved")
+    parser.add_argument(
         "--attention",
         default="fused",
         choices=("fused", "unfused"),
@@ -336,28 +352,36 @@ def main() -> None:
     )
     print(f"peak (2048^2 {args.compute_dtype} matmul, same process): {peak / 1e9:.0f} GFLOP/s\n")
     print(
-        f"{'model':20s} {'batch':>5s} {'ex/s':>8s} {'unit':>6s} {'GFLOP/ex':>9s} "
+        f"{'model':20s} {'mode':>5s} {'batch':>5s} {'ex/s':>8s} {'unit':>6s} {'GFLOP/ex':>9s} "
         f"{'GFLOP/s':>8s} {'MFU':>6s} {'temp MiB':>9s}"
     )
     for name in args.models:
-        result = measure(
-            name,
-            steps=args.steps,
-            batch=args.batch,
-            compute_dtype=args.compute_dtype,
-            remat=args.remat,
-        )
-        rate, per_example = result["examples_per_sec"], result["flops_per_example"]
-        achieved = rate * per_example if per_example else float("nan")
-        unit = "clips" if len(input_shape_of(name)) == 4 else "images"
-        gflop = f"{per_example / 1e9:9.3f}" if per_example else f"{'n/a':>9s}"
-        temp = result["temp_bytes"]
-        temp = f"{temp / 2**20:9.1f}" if temp is not None else f"{'n/a':>9s}"
-        print(
-            f"{name:20s} {result['batch']:5d} {rate:8.2f} {unit:>6s} {gflop} "
-            f"{achieved / 1e9:8.1f} {achieved / peak:6.1%} {temp}",
-            flush=True,
-        )
+        for round_index in range(args.rounds):
+            rates = {}
+            for parallelism in args.parallelism:
+                result = measure(
+                    name,
+                    steps=args.steps,
+                    batch=args.batch,
+                    compute_dtype=args.compute_dtype,
+                    remat=args.remat,
+                    parallelism=parallelism,
+                )
+                rate, per_example = result["examples_per_sec"], result["flops_per_example"]
+                rates[parallelism] = rate
+                achieved = rate * per_example if per_example else float("nan")
+                unit = "clips" if len(input_shape_of(name)) == 4 else "images"
+                gflop = f"{per_example / 1e9:9.3f}" if per_example else f"{'n/a':>9s}"
+                temp = result["temp_bytes"]
+                temp = f"{temp / 2**20:9.1f}" if temp is not None else f"{'n/a':>9s}"
+                print(
+                    f"{name:20s} {parallelism:>5s} {result['batch']:5d} {rate:8.2f} {unit:>6s} "
+                    f"{gflop} {achieved / 1e9:8.1f} {achieved / peak:6.1%} {temp}",
+                    flush=True,
+                )
+            if len(rates) == 2:
+                ratio = rates["mesh"] / rates["pmap"]
+                print(f"  round {round_index + 1}: mesh / pmap = {ratio:.3f}")
     # The peak drifts on a shared machine: timed again after the runs, so the spread shows.
     print(f"\npeak again after the runs: {peak_flops(args.compute_dtype) / 1e9:.0f} GFLOP/s")
 
