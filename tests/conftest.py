@@ -74,29 +74,54 @@ def reference_args():
     return ["train", "--config", "vit_digits", *REFERENCE_RUN]
 
 
-def shared_run(tmp_path_factory, worker_id, name, devices):
-    """The reference run on `devices` CPU devices, trained by whichever xdist worker asks
-    first (the others wait on a file lock) and read by all: treat it as read-only (copy it
-    with `private_copy` to write into it). Returns (workdir, stdout, stderr)."""
+def session_folder(tmp_path_factory, worker_id):
+    """The test session's temporary folder, the same for every xdist worker."""
     root = tmp_path_factory.getbasetemp()
-    if worker_id != "master":
-        root = root.parent  # the session folder, shared by the workers
-    workdir, log = root / f"reference-{name}", root / f"reference-{name}.json"
-    with filelock.FileLock(str(root / f"reference-{name}.lock")):
+    return root if worker_id == "master" else root.parent
+
+
+def shared_once(tmp_path_factory, worker_id, name, produce):
+    """`produce(folder)` run once per test session, by whichever xdist worker asks first
+    (the others wait on a file lock), its JSON-able result kept for all. Returns (folder,
+    result); treat the folder as read-only."""
+    root = session_folder(tmp_path_factory, worker_id)
+    folder, log = root / name, root / f"{name}.json"
+    with filelock.FileLock(str(root / f"{name}.lock")):
         if not log.exists():
-            result = run_cli(
-                "train",
-                "--config",
-                "vit_digits",
-                "--workdir",
-                str(workdir),
-                *REFERENCE_RUN,
-                devices=devices,
-            )
-            log.write_text(json.dumps([result.returncode, result.stdout, result.stderr]))
-    returncode, stdout, stderr = json.loads(log.read_text())
+            folder.mkdir(exist_ok=True)
+            log.write_text(json.dumps(produce(folder)))
+    return folder, json.loads(log.read_text())
+
+
+def shared_run(tmp_path_factory, worker_id, name, devices):
+    """The reference run on `devices` CPU devices, trained once per session and read by all:
+    treat it as read-only (copy it with `private_copy` to write into it). Returns (workdir,
+    stdout, stderr)."""
+
+    def train(workdir):
+        result = run_cli(
+            "train", "--config", "vit_digits", "--workdir", str(workdir), *REFERENCE_RUN,
+            devices=devices,
+        )  # fmt: skip
+        return [result.returncode, result.stdout, result.stderr]
+
+    workdir, (returncode, stdout, stderr) = shared_once(
+        tmp_path_factory, worker_id, f"reference-{name}", train
+    )
     assert returncode == 0, stderr[-3000:]
     return workdir, stdout, stderr
+
+
+@pytest.fixture(scope="session")
+def session_dir(tmp_path_factory, worker_id):
+    """The test session's temporary folder, the same for every xdist worker."""
+    return session_folder(tmp_path_factory, worker_id)
+
+
+@pytest.fixture(scope="session")
+def share_once(tmp_path_factory, worker_id):
+    """`share_once(name, produce)`: `shared_once` for this session."""
+    return lambda name, produce: shared_once(tmp_path_factory, worker_id, name, produce)
 
 
 @pytest.fixture(scope="session")

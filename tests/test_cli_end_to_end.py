@@ -103,6 +103,12 @@ def get_config():
         (["--config.batch_size=0"], "batch_size must be an integer >= 1, got 0"),
         (["--config.dataset_configs.shift_pixels=-1"], "shift_pixels must be >= 0, got -1"),
         (["--config.trainer_name=trainr"], "Unknown trainer_name 'trainr'. Did you mean"),
+        (["--config.parallelism=spmd"], "parallelism must be 'pmap' or 'mesh', got 'spmd'"),
+        (["--config.parallelism=mesh", "--config.mesh.fsdp=3"], "do not divide by the fixed"),
+        (
+            ["--config.parallelism=mesh", "--config.partition_rules=(('nope', ('fsdp',)),)"],
+            "partition rule 0 ('nope' -> ('fsdp',)) matches no parameter.",
+        ),
     ],
 )
 def test_bad_input_is_one_clear_error_and_nothing_written(trained, cli, extra, message):
@@ -115,6 +121,20 @@ def test_bad_input_is_one_clear_error_and_nothing_written(trained, cli, extra, m
     if message:
         assert message in result.stderr
     assert snapshot(workdir) == before
+
+
+def test_a_partition_rule_error_creates_no_workdir(tmp_path):
+    """The rules are checked against the model's parameters, once the model exists, but
+    before the run writes anything: the workdir it would have created is not left behind."""
+    workdir = tmp_path / "new"
+    result = run_main(
+        "train", "--config", "vit_digits", "--workdir", str(workdir),
+        "--config.parallelism=mesh",
+        "--config.partition_rules=(('head/kernel$', ('fsdp', None, None)),)",
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "names 3 axes but parameter head/kernel has shape" in result.stderr
+    assert not workdir.exists()
 
 
 def test_misspelled_key_in_config_file(tmp_path, cli):

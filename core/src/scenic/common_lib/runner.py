@@ -334,8 +334,16 @@ def run_train(args, overrides, config_package, models) -> int:
     trainer = trainers.get_trainer(config.trainer_name)
     dataset = build_dataset(config)  # its argument checks too come before the workdir
     logging.getLogger(__name__).info("Allocator: %s", allocator.describe())
+    created = not workdir.exists()
     workdir.mkdir(parents=True, exist_ok=True)
-    result = trainer.train(model_cls=model_cls, dataset=dataset, config=config, workdir=workdir)
+    try:
+        result = trainer.train(model_cls=model_cls, dataset=dataset, config=config, workdir=workdir)
+    except Exception:
+        # An error the trainer finds before writing (a partition rule that fits no
+        # parameter) leaves no trace: the workdir this run created goes if still empty.
+        if created and workdir.is_dir() and not any(workdir.iterdir()):
+            workdir.rmdir()
+        raise
     if result.stopped_by:
         print(
             f"Stopped by {result.stopped_by} at step {result.step}; checkpoint saved. "

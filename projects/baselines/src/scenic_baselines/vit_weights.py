@@ -167,13 +167,10 @@ def _is_big_vision_npz(path: pathlib.Path) -> bool:
 
 
 def _is_linen_layout(names: Iterable[str]) -> bool:
-    """big_vision's (and Scenic's) ViT layout rather than the original one."""
+    """big_vision's (and Scenic's) ViT layout rather than the original one: linen's block
+    names, scanned or not (a scanned block in this library's names is not big_vision's)."""
     names = list(names)
-    return (
-        "pos_embedding" in names
-        or any(name.startswith(SCANNED) for name in names)
-        or any(_LINEN.match(name) for name in names)
-    )
+    return "pos_embedding" in names or any(_LINEN.match(name) for name in names)
 
 
 def _is_scenic_checkpoint(path: pathlib.Path) -> bool:
