@@ -46,6 +46,10 @@ RUNS = {
         ["parallelism='mesh'", "mesh.fsdp=2", "mesh.model=2", "grad_accumulation_steps=2"],
         [5, STEPS],
     ),
+    "mesh_fsdp_model_uninterrupted": (
+        ["parallelism='mesh'", "mesh.fsdp=2", "mesh.model=2", "grad_accumulation_steps=2"],
+        [STEPS],
+    ),
     # The encoder blocks as one nn.scan (stacked parameters), matmul results kept by remat,
     # against the same 2-layer ViT per layer under pmap, started from the scanned model's
     # initial parameters (init_from converts them to per-layer blocks).
@@ -64,11 +68,21 @@ RUNS = {
     ),
     # Across 2 processes x 2 devices: parameters sharded over all 4, across hosts.
     "mesh_two_hosts": (["parallelism='mesh'", "mesh.fsdp=4"], [STEPS]),
+    # Mixup and cutmix drawn over the global batch, on the device, across the hosts.
+    "mesh_two_hosts_mixup": (
+        [
+            "parallelism='mesh'",
+            "mesh.fsdp=4",
+            "mixup.mixup_alpha=0.5",
+            "mixup.cutmix_alpha=1.0",
+        ],
+        [5],
+    ),
 }
 PLANS = {
     2: ["pmap", "mesh_data", "pmap_2_layers", "mesh_scan"],
-    4: ["pmap", "mesh_data", "mesh_fsdp_model"],
-    "two_hosts": ["mesh_two_hosts"],
+    4: ["pmap", "mesh_data", "mesh_fsdp_model", "mesh_fsdp_model_uninterrupted"],
+    "two_hosts": ["mesh_two_hosts", "mesh_two_hosts_mixup"],
 }
 
 
@@ -314,6 +328,13 @@ def test_fsdp_and_tensor_parallel_with_accumulation_resumed_equal_pmap(four_devi
     # rounding into relative differences of ~1e-5 on the smallest updates (1.4e-5 seen on
     # the attention output bias).
     assert_same_training(out, "pmap", "mesh_fsdp_model", tolerance=1e-4)
+    # Resumed at step 5 on the same mesh: bit for bit the uninterrupted run.
+    resumed, uninterrupted = (
+        np.load(out / f"{name}.npz")
+        for name in ("mesh_fsdp_model", "mesh_fsdp_model_uninterrupted")
+    )
+    for name in uninterrupted.files:
+        np.testing.assert_array_equal(resumed[name], uninterrupted[name], err_msg=name)
     # Negative control: the step-5 parameters of the same run differ measurably.
     from scenic.train_lib import pretrained_init
 
@@ -386,6 +407,14 @@ def test_two_hosts_shard_parameters_across_processes_and_evaluate_alike(
     first, second = run_two_hosts(tmp_path, "--evaluate", str(tmp_path / "pmap_copy"), cache=cache)
     shutil.copy(out / "pmap.npz", tmp_path / "pmap.npz")
     assert_same_training(tmp_path, "pmap", "mesh_two_hosts")
+    # With mixup / cutmix the same 5 steps end elsewhere (finite): mixing took effect.
+    from scenic.train_lib import pretrained_init
+
+    mixed = dict(np.load(tmp_path / "mesh_two_hosts_mixup.npz"))
+    plain = pretrained_init.load_params(tmp_path / "mesh_two_hosts" / "checkpoints" / "5")
+    plain = {k.removeprefix("params/"): v for k, v in plain.items()}
+    assert all(np.isfinite(v).all() for v in mixed.values())
+    assert max(relative_difference(plain, mixed).values()) > 1e-3
     single_process = results["eval_pmap"]
     assert results["eval_mesh"] == pytest.approx(single_process, rel=1e-6)
     for result in (first, second):
