@@ -104,6 +104,36 @@ def test_remat_keeps_loss_and_gradients(variant):
     assert jaxpr.count("remat2[") >= blocks
 
 
+@pytest.mark.parametrize("variant", ["factorised_encoder", "factorised_dot_product"])
+def test_scanned_layers_give_the_per_layer_model(variant):
+    """scan_layers=True (spatial and temporal encoders, and factorised blocks, each one
+    nn.scan) computes what per-layer blocks do on the same weights, converted by
+    `vit_encoder.stack_layers`, in eval mode."""
+    from flax import traverse_util
+
+    kwargs = dict(
+        TINY,
+        variant=variant,
+        patch_size=(2, 4, 4),
+        classifier="token" if variant in vivit.VARIANTS[:2] else "gap",
+    )
+    video = jax.random.normal(jax.random.key(0), (2, 4, 8, 8, 3))
+    plain = vivit.ViViT(num_classes=3, **kwargs)
+    scanned = vivit.ViViT(num_classes=3, scan_layers=True, remat="dots", **kwargs)
+    params = traverse_util.flatten_dict(random_params(plain, video), sep="/")
+    wanted = jax.eval_shape(lambda: scanned.init(jax.random.key(0), video))["params"]
+    wanted = {k: v.shape for k, v in traverse_util.flatten_dict(wanted, sep="/").items()}
+    stacked = vit_encoder.stack_layers(params, wanted)
+    assert {k: v.shape for k, v in stacked.items()} == wanted
+    assert any("/encoderblock/" in k for k in wanted)
+    logits = plain.apply({"params": traverse_util.unflatten_dict(params, sep="/")}, video)
+    scanned_logits = scanned.apply(
+        {"params": traverse_util.unflatten_dict(stacked, sep="/")}, video
+    )
+    np.testing.assert_allclose(scanned_logits, logits, rtol=1e-5, atol=1e-6)
+    assert np.abs(logits).max() > 1e-3  # random weights: a head that is not zero
+
+
 def test_bad_settings_are_named():
     video = jnp.zeros((1, 4, 8, 8, 3))
     cases = [

@@ -164,9 +164,13 @@ class ViViT(nn.Module):
       representation_size: optional pre-logits Dense + tanh layer width.
       stochastic_depth: drop-path rate of the last layer; layer i uses i/(L-1) of it.
       head_bias_init: initial value of the classifier bias (-10 for multi-label).
-      remat: recompute each encoder block's activations in the backward pass (about a
-        quarter more compute; parameters are the same either way). Meant to save activation
-        memory on accelerators; XLA:CPU was measured to save none (tools/README.md).
+      remat: recompute each encoder block's activations in the backward pass (True or
+        'full'; 'dots' keeps the matmul results): about a quarter more compute, parameters
+        the same either way. Meant to save activation memory on accelerators; XLA:CPU was
+        measured to save none (tools/README.md).
+      scan_layers: each encoder's blocks as one `nn.scan` (parameters stacked under
+        `encoderblock`; `init_from` converts to and from per-layer names). Needs
+        stochastic_depth 0.
     """
 
     num_classes: int | None
@@ -186,7 +190,8 @@ class ViViT(nn.Module):
     attention_dropout_rate: float = 0.0
     stochastic_depth: float = 0.0
     head_bias_init: float = 0.0
-    remat: bool = False
+    remat: bool | str = False
+    scan_layers: bool = False
     dtype: jnp.dtype | None = None
 
     def check(self) -> None:
@@ -243,6 +248,7 @@ class ViViT(nn.Module):
             attention_dropout_rate=self.attention_dropout_rate,
             stochastic_depth=self.stochastic_depth,
             remat=self.remat,
+            scan_layers=self.scan_layers,
             dtype=self.dtype,
             name=name,
             **blocks,
