@@ -31,7 +31,7 @@ def test_bench_trainer_needs_no_tensorflow_tfds_or_clu():
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line.split() for line in result.stdout.splitlines() if line.startswith("digits ")]
     assert len(rows) == 1, result.stdout
-    batch, examples_per_sec, unit, gflop_per_example = rows[0][1:5]
-    assert (batch, unit) == ("16", "images")
+    mode, batch, examples_per_sec, unit, gflop_per_example = rows[0][1:6]
+    assert (mode, batch, unit) == ("pmap", "16", "images")
     assert float(examples_per_sec) > 0 and float(gflop_per_example) > 0
     assert "MFU" in result.stdout and "peak" in result.stdout

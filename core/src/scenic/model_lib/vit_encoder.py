@@ -31,11 +31,13 @@ class PatchEmbedding(nn.Module):
 
     Written as reshape + matmul, which XLA:CPU runs far faster than `nn.Conv` on small
     images; the kernel keeps the conv layout `[ph, pw, C, D]` of published checkpoints.
+    `use_bias=False` for models whose patch convolution has none (CLIP's `conv1`).
     """
 
     patch_size: tuple[int, int]
     hidden_size: int
     dtype: jnp.dtype | None = None
+    use_bias: bool = True
 
     @nn.compact
     def __call__(self, images):
@@ -50,10 +52,12 @@ class PatchEmbedding(nn.Module):
             nn.initializers.lecun_normal(in_axis=(0, 1, 2), out_axis=3),
             (ph, pw, channels, self.hidden_size),
         )
-        bias = self.param("bias", nn.initializers.zeros, (self.hidden_size,))
         patches = images.reshape(batch, height // ph, ph, width // pw, pw, channels)
         dtype = self.dtype or images.dtype
         out = jnp.einsum("bhpwqc,pqcd->bhwd", patches.astype(dtype), kernel.astype(dtype))
+        if not self.use_bias:
+            return out
+        bias = self.param("bias", nn.initializers.zeros, (self.hidden_size,))
         return out + bias.astype(dtype)
 
 
@@ -101,7 +105,12 @@ class EncoderBlock(nn.Module):
     `exact_gelu` and `layer_norm_epsilon`: the JAX originals (vit_jax, big_vision, Scenic)
     use the tanh GELU and epsilon 1e-6 (the defaults); timm and Hugging Face ViTs the exact
     (erf) GELU, and Hugging Face epsilon 1e-12. Their weights give the same logits only with
-    their settings (about 2e-4 relative apart otherwise).
+    their settings (about 2e-4 relative apart otherwise). `activation`, if given, replaces
+    the GELU (CLIP's `layers.quick_gelu`).
+
+    `causal`: each token attends only to itself and earlier tokens (a text model's
+    autoregressive mask, CLIP's text tower); the attention is then called with a `[L, L]`
+    boolean `mask=` as well.
     """
 
     mlp_dim: int
@@ -113,16 +122,22 @@ class EncoderBlock(nn.Module):
     attention: Callable[..., nn.Module] = layers.MultiHeadAttention
     exact_gelu: bool = False
     layer_norm_epsilon: float = 1e-6
+    activation: Callable | None = None
+    causal: bool = False
 
     def attention_branch(self, x, deterministic: bool, norm_name: str, attention_name: str):
         """Dropout(Attn(LN(x)))."""
         y = nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype, name=norm_name)(x)
+        mask = {}
+        if self.causal:
+            length = y.shape[-2]
+            mask["mask"] = jnp.tril(jnp.ones((length, length), bool))
         y = self.attention(
             num_heads=self.num_heads,
             dropout_rate=self.attention_dropout_rate,
             dtype=self.dtype,
             name=attention_name,
-        )(y, deterministic=deterministic)
+        )(y, deterministic=deterministic, **mask)
         return nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
 
     def mlp_branch(self, x, deterministic: bool, norm_name: str, mlp_name: str):
@@ -131,7 +146,8 @@ class EncoderBlock(nn.Module):
         return layers.MlpBlock(
             mlp_dim=self.mlp_dim,
             dropout_rate=self.dropout_rate,
-            activation=functools.partial(nn.gelu, approximate=not self.exact_gelu),
+            activation=self.activation
+            or functools.partial(nn.gelu, approximate=not self.exact_gelu),
             dtype=self.dtype,
             name=mlp_name,
         )(y, deterministic=deterministic)
@@ -232,7 +248,8 @@ class Encoder(nn.Module):
     `stochastic_depth`.
 
     Attributes:
-      posemb: 'learned' or 'sincos2d' (fixed; needs `posemb_grid`, the (h, w) patch grid).
+      posemb: 'learned', 'sincos2d' (fixed; needs `posemb_grid`, the (h, w) patch grid) or
+        'none' (the caller adds its own, e.g. before a LayerNorm of its own, as CLIP does).
       has_cls_token: the first token is a class token (no sin-cos embedding is added to it).
       remat: recompute each block's activations in the backward pass: True / 'full', or
         'dots' to keep matmul results (`rematerialised`).
@@ -276,8 +293,10 @@ class Encoder(nn.Module):
             if self.has_cls_token:
                 table = jnp.concatenate([jnp.zeros_like(table[:, :1]), table], axis=1)
             x = x + table.astype(x.dtype)
-        else:
-            raise ValueError(f"ViT posemb must be 'learned' or 'sincos2d', got {self.posemb!r}.")
+        elif self.posemb != "none":
+            raise ValueError(
+                f"ViT posemb must be 'learned', 'sincos2d' or 'none', got {self.posemb!r}."
+            )
         x = nn.Dropout(self.dropout_rate)(x.reshape(shape), deterministic=not train)
         block = rematerialised(self.block, self.remat)
         if self.scan_layers:

@@ -33,6 +33,7 @@ from scenic.model_lib.layers.nn_layers import (
     Residual,
     SqueezeAndExcite,
     StochasticDepth,
+    quick_gelu,
     sincos_position_embedding_1d,
     sincos_position_embedding_2d,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "masked_mean_and_variance",
     "max_pool",
     "merge_patches",
+    "quick_gelu",
     "relative_position_index",
     "resize",
     "sincos_position_embedding_1d",

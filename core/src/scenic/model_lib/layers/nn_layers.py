@@ -57,17 +57,35 @@ class StochasticDepth(nn.Module):
         return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
+def quick_gelu(x):
+    """`x * sigmoid(1.702 x)`: the GELU approximation OpenAI's CLIP was trained with (its
+    weights need it; the tanh or erf GELU gives other outputs)."""
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
 class AddLearnedPositionEmbedding(nn.Module):
-    """Adds a learned position embedding `[1, L, D]` to `[B, L, D]` inputs."""
+    """Adds a learned position embedding `[1, L, D]` to `[B, L, D]` inputs.
+
+    With `num_positions` the table is `[1, num_positions, D]` and inputs of any length up to
+    it get its first L rows: a text model's context (CLIP's 77 positions) also serves
+    shorter token sequences. Without it the table has the inputs' length.
+    """
 
     posemb_init: Callable = nn.initializers.normal(stddev=0.02)
+    num_positions: int | None = None
 
     @nn.compact
     def __call__(self, inputs):
         if inputs.ndim != 3:
             raise ValueError(f"Expected [batch, length, features] inputs, got {inputs.shape}.")
-        embedding = self.param("pos_embedding", self.posemb_init, (1, *inputs.shape[1:]))
-        return inputs + embedding.astype(inputs.dtype)
+        length = inputs.shape[1]
+        if self.num_positions is not None and length > self.num_positions:
+            raise ValueError(
+                f"Inputs of length {length} exceed the {self.num_positions} learned positions."
+            )
+        rows = length if self.num_positions is None else self.num_positions
+        embedding = self.param("pos_embedding", self.posemb_init, (1, rows, inputs.shape[2]))
+        return inputs + embedding[:, :length].astype(inputs.dtype)
 
 
 def sincos_position_embedding_1d(length: int, dim: int, max_period: float = 10_000.0):

@@ -1,0 +1,244 @@
+"""CLIP weights from a Hugging Face `CLIPModel` folder, as `clip.CLIP` and its parameters.
+
+    model, params = load_hf_clip("clip-vit-base-patch32/")   # a local folder
+    out = model.apply({"params": params}, images_nhwc, token_ids)
+
+The folder holds config.json and model.safetensors (or a sharded index, or a
+pytorch_model.bin, read with `torch.load(weights_only=True)`: tensors only, never code).
+The model's settings come from config.json (`clip_kwargs_from_hf_config`), with the
+conventions HF CLIP computes with set explicitly: LayerNorm epsilon from `layer_norm_eps`
+(1e-5), the MLP activation from `hidden_act` ('quick_gelu' for OpenAI's models, 'gelu' the
+exact one), and the text pooling from `eos_token_id` (below). Every tensor is checked
+against the layout the config implies; ONE `PretrainedInitError` names all that are
+missing, mis-shaped or unexpected.
+
+Layout changes (torch -> ours): Linear weights `[out, in]` -> Dense kernels `[in, out]`;
+q/k/v projections -> `[D, heads, head_dim]` kernels and `[heads, head_dim]` biases, the
+output projection -> `[heads, head_dim, D]`; the patch convolution `[D, C, p, p]` ->
+`[p, p, C, D]`; the class embedding `[D]` -> `[1, 1, D]`; position embeddings `[L, D]` ->
+`[1, L, D]`; LayerNorm `weight` -> `scale`.
+
+Text pooling: Hugging Face pools at the highest token id when the text config's
+`eos_token_id` is 2 (the value OpenAI's hub configs carry from before transformers PR
+#24773; OpenAI's own rule) and at the first `eos_token_id` otherwise. Both give the same
+result for OpenAI's tokenizer, whose end-of-text id (49407) is the vocabulary's highest;
+`eos_token_id` of our model is set to match (None for the legacy 2).
+
+Not in the weights but in Hugging Face's forward: no clip of the logit scale. Ours clips
+it at 100 (CLIP's rule); OpenAI's released scale is exactly log(100), so the two agree.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+from collections.abc import Mapping
+
+import flax.traverse_util
+import numpy as np
+
+from scenic.train_lib.pretrained_init import PretrainedInitError
+from scenic_baselines import clip, vit_weights
+
+#: transformers' CLIPTextConfig / CLIPVisionConfig / CLIPConfig defaults, for config.json
+#: files that leave them out (the test checks they are still transformers').
+TEXT_DEFAULTS = {
+    "vocab_size": 49408, "hidden_size": 512, "intermediate_size": 2048,
+    "num_hidden_layers": 12, "num_attention_heads": 8, "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "eos_token_id": 49407,
+}  # fmt: skip
+VISION_DEFAULTS = {
+    "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+    "num_attention_heads": 12, "num_channels": 3, "image_size": 224, "patch_size": 32,
+    "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5,
+}  # fmt: skip
+PROJECTION_DIM = 512
+#: Hugging Face's text `eos_token_id` of configs written before PR #24773: pool at the
+#: highest id instead.
+LEGACY_EOS_TOKEN_ID = 2
+#: Encoder-layer parts: Hugging Face's name -> ours under `encoderblock_i`.
+_NORMS = {"layer_norm1": "LayerNorm_0", "layer_norm2": "LayerNorm_2"}
+_ATTENTION = {"q_proj": "query", "k_proj": "key", "v_proj": "value", "out_proj": "out"}
+_MLP = {"mlp.fc1": "Dense_0", "mlp.fc2": "Dense_1"}
+_TOWERS = {"text": "text_model", "visual": "vision_model"}
+#: Non-persistent buffers that older transformers versions wrote to files: read, then dropped.
+_BUFFERS = re.compile(r"(text|vision)_model\.embeddings\.position_ids")
+
+
+def load_hf_clip(path: str | pathlib.Path) -> tuple[clip.CLIP, dict]:
+    """`(clip.CLIP, params)` of the Hugging Face `CLIPModel` folder at `path`, so that
+    `model.apply({'params': params}, images, tokens)` gives its embeddings and logits."""
+    folder = pathlib.Path(path)
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise PretrainedInitError(f"{folder} holds no config.json of a Hugging Face CLIPModel.")
+    kwargs = clip_kwargs_from_hf_config(json.loads(config_file.read_text()))
+    state: dict = {}
+    try:
+        for file in vit_weights._hf_weight_files(folder):
+            if file.suffix == ".bin":
+                state.update(vit_weights._read_torch_bin(file))
+            else:
+                state.update(vit_weights.read_safetensors(file))
+        params = params_from_hf_clip(state, kwargs)
+    except PretrainedInitError as error:
+        raise PretrainedInitError(f"{folder} read as Hugging Face CLIPModel: {error}") from None
+    return clip.CLIP(**kwargs), params
+
+
+def clip_kwargs_from_hf_config(config: Mapping) -> dict:
+    """`clip.CLIP`'s constructor arguments from a Hugging Face CLIPConfig (config.json)."""
+    if config.get("model_type") != "clip":
+        raise PretrainedInitError(
+            f"config.json is of model_type {config.get('model_type')!r}, not 'clip' (CLIPModel)."
+        )
+    # Configs from transformers < 4.28 may hold the settings in `*_config_dict` instead.
+    text = {**TEXT_DEFAULTS, **config.get("text_config", {}), **config.get("text_config_dict", {})}
+    vision = {**VISION_DEFAULTS, **config.get("vision_config", {}),
+              **config.get("vision_config_dict", {})}  # fmt: skip
+    for key in ("hidden_act", "layer_norm_eps"):
+        if text[key] != vision[key]:
+            raise PretrainedInitError(
+                f"the text and vision towers differ in {key} ({text[key]!r} and "
+                f"{vision[key]!r}); clip.CLIP uses one for both."
+            )
+    if text["hidden_act"] not in clip.ACTIVATIONS:
+        raise PretrainedInitError(
+            f"hidden_act {text['hidden_act']!r} is not one of {sorted(clip.ACTIVATIONS)}."
+        )
+    if vision["num_channels"] != 3:
+        raise PretrainedInitError(f"num_channels is {vision['num_channels']}, not 3.")
+    eos = text["eos_token_id"]
+    return dict(
+        embed_dim=config.get("projection_dim", PROJECTION_DIM),
+        image_size=vision["image_size"],
+        patch_size=vision["patch_size"],
+        vision_width=vision["hidden_size"],
+        vision_layers=vision["num_hidden_layers"],
+        vision_heads=vision["num_attention_heads"],
+        vision_mlp_dim=vision["intermediate_size"],
+        vocab_size=text["vocab_size"],
+        context_length=text["max_position_embeddings"],
+        text_width=text["hidden_size"],
+        text_layers=text["num_hidden_layers"],
+        text_heads=text["num_attention_heads"],
+        text_mlp_dim=text["intermediate_size"],
+        hidden_act=text["hidden_act"],
+        layer_norm_epsilon=float(text["layer_norm_eps"]),
+        eos_token_id=None if eos == LEGACY_EOS_TOKEN_ID else eos,
+    )
+
+
+def hf_layout(kwargs: Mapping) -> dict[str, tuple[int, ...]]:
+    """Every tensor name of a Hugging Face CLIPModel with `clip.CLIP(**kwargs)`'s settings
+    (as `clip_kwargs_from_hf_config` gives them), and its shape."""
+    k = kwargs
+    width = {"text": k["text_width"], "visual": k["vision_width"]}
+    layout = {"logit_scale": ()}
+    for tower, prefix in _TOWERS.items():
+        D, prefix = width[tower], f"{prefix}."
+        mlp = k["text_mlp_dim"] if tower == "text" else k["vision_mlp_dim"]
+        num_layers = k["text_layers"] if tower == "text" else k["vision_layers"]
+        for i in range(num_layers):
+            p = f"{prefix}encoder.layers.{i}."
+            for norm in _NORMS:
+                layout[f"{p}{norm}.weight"] = layout[f"{p}{norm}.bias"] = (D,)
+            for projection in _ATTENTION:
+                layout[f"{p}self_attn.{projection}.weight"] = (D, D)
+                layout[f"{p}self_attn.{projection}.bias"] = (D,)
+            layout[f"{p}mlp.fc1.weight"], layout[f"{p}mlp.fc1.bias"] = (mlp, D), (mlp,)
+            layout[f"{p}mlp.fc2.weight"], layout[f"{p}mlp.fc2.bias"] = (D, mlp), (D,)
+    Dt, Dv, P = width["text"], width["visual"], k["patch_size"]
+    tokens = (k["image_size"] // P) ** 2 + 1
+    layout.update({
+        "text_model.embeddings.token_embedding.weight": (k["vocab_size"], Dt),
+        "text_model.embeddings.position_embedding.weight": (k["context_length"], Dt),
+        "text_model.final_layer_norm.weight": (Dt,),
+        "text_model.final_layer_norm.bias": (Dt,),
+        "text_projection.weight": (k["embed_dim"], Dt),
+        "vision_model.embeddings.class_embedding": (Dv,),
+        "vision_model.embeddings.patch_embedding.weight": (Dv, 3, P, P),
+        "vision_model.embeddings.position_embedding.weight": (tokens, Dv),
+        "vision_model.pre_layrnorm.weight": (Dv,),  # sic: Hugging Face's spelling
+        "vision_model.pre_layrnorm.bias": (Dv,),
+        "vision_model.post_layernorm.weight": (Dv,),
+        "vision_model.post_layernorm.bias": (Dv,),
+        "visual_projection.weight": (k["embed_dim"], Dv),
+    })  # fmt: skip
+    return layout
+
+
+def check_state_dict(state: Mapping[str, np.ndarray], kwargs: Mapping) -> None:
+    """One PretrainedInitError naming every tensor of the layout `kwargs` implies that
+    `state` lacks or has in another shape, and every tensor of `state` it does not expect."""
+    layout = hf_layout(kwargs)
+    problems = []
+    for name, shape in layout.items():
+        if name not in state:
+            problems.append(f"{name}: missing (expected {shape})")
+        elif tuple(np.shape(state[name])) != shape:
+            problems.append(f"{name}: {tuple(np.shape(state[name]))}, expected {shape}")
+    problems += [
+        f"{name}: not part of a CLIPModel"
+        for name in state
+        if name not in layout and not _BUFFERS.fullmatch(name)
+    ]
+    if problems:
+        plural = "s" if len(problems) > 1 else ""
+        raise PretrainedInitError(f"{len(problems)} problem{plural}:\n  " + "\n  ".join(problems))
+
+
+def params_from_hf_clip(state_dict: Mapping, kwargs: Mapping) -> dict:
+    """`clip.CLIP(**kwargs)`'s parameters (nested, float32) from a Hugging Face CLIPModel
+    state dict (NumPy arrays or torch tensors), checked first (`check_state_dict`)."""
+    state = {k: np.asarray(vit_weights._numpy(v), np.float32) for k, v in state_dict.items()}
+    check_state_dict(state, kwargs)
+    k = kwargs
+    heads = {"text": k["text_heads"], "visual": k["vision_heads"]}
+    layers = {"text": k["text_layers"], "visual": k["vision_layers"]}
+    out = {"logit_scale": state["logit_scale"]}
+
+    def norm(name):
+        return {"scale": state[f"{name}.weight"], "bias": state[f"{name}.bias"]}
+
+    for tower, prefix in _TOWERS.items():
+        for i in range(layers[tower]):
+            p, ours = f"{prefix}.encoder.layers.{i}.", f"{tower}/Transformer/encoderblock_{i}/"
+            for hf, name in _NORMS.items():
+                out.update(_prefixed(f"{ours}{name}/", norm(p + hf)))
+            for hf, name in _ATTENTION.items():
+                weight, bias = state[f"{p}self_attn.{hf}.weight"], state[f"{p}self_attn.{hf}.bias"]
+                D, H = weight.shape[1], heads[tower]
+                if name == "out":  # [D_out, H*hd] -> [H, hd, D_out]
+                    kernel, bias = weight.T.reshape(H, D // H, -1), bias
+                else:  # [H*hd, D_in] -> [D_in, H, hd]
+                    kernel, bias = weight.T.reshape(D, H, -1), bias.reshape(H, -1)
+                attention = f"{ours}MultiHeadDotProductAttention_1/{name}/"
+                out[f"{attention}kernel"], out[f"{attention}bias"] = kernel, bias
+            for hf, name in _MLP.items():
+                out[f"{ours}MlpBlock_3/{name}/kernel"] = state[f"{p}{hf}.weight"].T
+                out[f"{ours}MlpBlock_3/{name}/bias"] = state[f"{p}{hf}.bias"]
+    embeddings = "vision_model.embeddings."
+    out.update({
+        "text/token_embedding/embedding": state["text_model.embeddings.token_embedding.weight"],
+        "text/posembed_input/pos_embedding":
+            state["text_model.embeddings.position_embedding.weight"][None],
+        "text/projection/kernel": state["text_projection.weight"].T,
+        "visual/embedding/kernel": state[f"{embeddings}patch_embedding.weight"].transpose(
+            2, 3, 1, 0
+        ),
+        "visual/cls": state[f"{embeddings}class_embedding"][None, None],
+        "visual/posembed_input/pos_embedding": state[f"{embeddings}position_embedding.weight"][
+            None
+        ],
+        "visual/projection/kernel": state["visual_projection.weight"].T,
+    })  # fmt: skip
+    out.update(_prefixed("text/Transformer/encoder_norm/", norm("text_model.final_layer_norm")))
+    out.update(_prefixed("visual/ln_pre/", norm("vision_model.pre_layrnorm")))
+    out.update(_prefixed("visual/Transformer/encoder_norm/", norm("vision_model.post_layernorm")))
+    return flax.traverse_util.unflatten_dict(out, sep="/")
+
+
+def _prefixed(prefix: str, tree: Mapping) -> dict:
+    return {f"{prefix}{name}": value for name, value in tree.items()}

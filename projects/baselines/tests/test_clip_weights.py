@@ -1,0 +1,212 @@
+"""CLIP from Hugging Face `CLIPModel` folders: golden tests against transformers' own
+CLIPModel (every array random, saved with `save_pretrained`, and as a `.bin` state dict
+as older transformers wrote it), under each text-pooling rule (OpenAI's highest id behind
+the legacy `eos_token_id` 2, Hugging Face's first EOS id) and both activations; negative
+controls that the comparison catches (ln_pre left out, the exact GELU for QuickGELU, the
+other pooling rule); and one error naming every tensor that does not fit."""
+
+import json
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from scenic.train_lib.pretrained_init import PretrainedInitError
+from scenic_baselines import clip, clip_weights
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+WIDTH, LAYERS, HEADS, MLP, EMBED = 32, 2, 4, 64, 16
+IMAGE, PATCH, VOCAB, CONTEXT = 32, 8, 100, 16
+BOS = VOCAB - 2
+#: name -> (config eos_token_id, the EOT id the tokens carry, hidden_act, our eos_token_id)
+CASES = {
+    "openai_legacy_eos_2": (2, VOCAB - 1, "quick_gelu", None),
+    "first_eos_id": (VOCAB - 1, VOCAB - 1, "quick_gelu", VOCAB - 1),
+    "eos_below_other_ids": (50, 50, "quick_gelu", 50),
+    "exact_gelu": (VOCAB - 1, VOCAB - 1, "gelu", VOCAB - 1),
+}
+
+
+def hf_config(eos_token_id, hidden_act):
+    tower = dict(hidden_size=WIDTH, intermediate_size=MLP, num_hidden_layers=LAYERS,
+                 num_attention_heads=HEADS, hidden_act=hidden_act)  # fmt: skip
+    return transformers.CLIPConfig(
+        text_config=dict(vocab_size=VOCAB, max_position_embeddings=CONTEXT, pad_token_id=0,
+                         bos_token_id=BOS, eos_token_id=eos_token_id, **tower),
+        vision_config=dict(image_size=IMAGE, patch_size=PATCH, **tower),
+        projection_dim=EMBED,
+    )  # fmt: skip
+
+
+def token_ids(rng, eot, lengths=(3, 7, 15, 1)):
+    """BOS, random words (none equal to the EOT id; above it too when it is 50), the EOT at
+    position n, padding (0) after it: as a tokenizer pads to the context length."""
+    words = np.setdiff1d(np.arange(1, BOS), [eot])
+    tokens = np.zeros((len(lengths), CONTEXT), np.int64)
+    for row, n in enumerate(lengths):
+        tokens[row, 1:n] = rng.choice(words, size=n - 1)
+        tokens[row, 0], tokens[row, n] = BOS, eot
+    return tokens
+
+
+@pytest.fixture(scope="module")
+def hf(tmp_path_factory):
+    """Per case: a saved random CLIPModel folder, its state dict, inputs and its outputs."""
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(3, IMAGE, IMAGE, 3)).astype(np.float32)  # NHWC, ours
+    cases = {}
+    for seed, (name, (config_eos, eot, act, _)) in enumerate(CASES.items()):
+        torch.manual_seed(seed)
+        model = transformers.CLIPModel(hf_config(config_eos, act)).eval()
+        with torch.no_grad():  # every array random, LayerNorms and biases too
+            for param_name, param in model.named_parameters():
+                if "norm" in param_name and param_name.endswith("weight"):
+                    param.copy_(1.0 + 0.2 * torch.randn_like(param))
+                elif param_name == "logit_scale":
+                    param.fill_(math.log(20.0))
+                elif param.ndim >= 2:
+                    param.copy_(torch.randn_like(param) / math.sqrt(param[0].numel()))
+                else:
+                    param.copy_(0.3 * torch.randn_like(param))
+        tokens = token_ids(rng, eot)
+        with torch.no_grad():
+            out = model(
+                input_ids=torch.from_numpy(tokens),
+                pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2)),
+            )
+            padded = model.get_text_features(  # with the padding mask Hugging Face accepts
+                input_ids=torch.from_numpy(tokens),
+                attention_mask=torch.from_numpy(np.cumsum(tokens == eot, 1) - (tokens == eot) == 0),
+            ).pooler_output
+        folder = tmp_path_factory.mktemp(name)
+        model.save_pretrained(folder)
+        cases[name] = {
+            "folder": folder,
+            "state": {k: v.numpy() for k, v in model.state_dict().items()},
+            "tokens": tokens,
+            "images": images,
+            "image_embeddings": out.image_embeds.numpy(),
+            "text_embeddings": out.text_embeds.numpy(),
+            "logits_per_image": out.logits_per_image.numpy(),
+            "padded_text_features": padded.numpy(),
+        }
+    return cases
+
+
+def relative_error(ours, reference) -> float:
+    return float(np.max(np.abs(np.asarray(ours) - reference)) / np.max(np.abs(reference)))
+
+
+def ours(model, params, case):
+    return jax.jit(model.apply)({"params": params}, case["images"], case["tokens"])
+
+
+def assert_matches(out, case, tolerance=1e-4):
+    for name in ("image_embeddings", "text_embeddings", "logits_per_image"):
+        assert relative_error(out[name], case[name]) < tolerance, name
+
+
+# ---------------------------------------------------------------- golden tests
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_hugging_face_folder_gives_hugging_face_s_outputs(hf, name):
+    case = hf[name]
+    model, params = clip_weights.load_hf_clip(case["folder"])
+    assert model.eos_token_id == CASES[name][3]
+    assert (model.hidden_act, model.layer_norm_epsilon) == (CASES[name][2], 1e-5)
+    assert_matches(ours(model, params, case), case)
+    # The padding mask Hugging Face accepts changes nothing at the EOT token (causal).
+    unnormalized = jax.jit(lambda p, t: model.apply({"params": p}, t, normalize=False,
+                                                    method="encode_text"))  # fmt: skip
+    assert relative_error(unnormalized(params, case["tokens"]), case["padded_text_features"]) < 1e-4
+
+
+def test_pytorch_bin_with_old_position_id_buffers(hf, tmp_path):
+    """A pytorch_model.bin (read with weights_only=True) holding the `position_ids` buffers
+    that transformers < 4.31 wrote: they are read and dropped."""
+    case = hf["first_eos_id"]
+    (tmp_path / "config.json").write_text((case["folder"] / "config.json").read_text())
+    state = {k: torch.from_numpy(np.array(v)) for k, v in case["state"].items()}
+    state["text_model.embeddings.position_ids"] = torch.arange(CONTEXT)[None]
+    state["vision_model.embeddings.position_ids"] = torch.arange((IMAGE // PATCH) ** 2 + 1)[None]
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    model, params = clip_weights.load_hf_clip(tmp_path)
+    assert_matches(ours(model, params, case), case)
+
+
+def test_imported_parameters_are_the_model_s_tree(hf):
+    case = hf["first_eos_id"]
+    model, params = clip_weights.load_hf_clip(case["folder"])
+    fresh = jax.eval_shape(model.init, jax.random.key(0), case["images"], case["tokens"])
+    shapes = jax.tree.map(np.shape, params)
+    assert shapes == jax.tree.map(lambda x: x.shape, fresh["params"])
+
+
+# ---------------------------------------------------------------- negative controls
+
+
+def test_the_comparison_catches_a_missing_ln_pre_the_wrong_gelu_and_pooling(hf):
+    case = hf["eos_below_other_ids"]
+    model, params = clip_weights.load_hf_clip(case["folder"])
+    apply = jax.jit(lambda m, p: m.apply({"params": p}, case["images"], case["tokens"]),
+                    static_argnums=0)  # fmt: skip
+    no_ln_pre = jax.tree.map(lambda x: x, params)
+    no_ln_pre["visual"]["ln_pre"] = {"scale": np.ones(WIDTH), "bias": np.zeros(WIDTH)}
+    out = apply(model, no_ln_pre)
+    assert relative_error(out["image_embeddings"], case["image_embeddings"]) > 1e-2
+    out = apply(model.clone(hidden_act="gelu"), params)
+    for name in ("image_embeddings", "text_embeddings"):
+        assert relative_error(out[name], case[name]) > 1e-3, name
+    out = apply(model.clone(eos_token_id=None), params)  # OpenAI's rule on these tokens
+    assert relative_error(out["text_embeddings"], case["text_embeddings"]) > 1e-2
+    assert relative_error(out["image_embeddings"], case["image_embeddings"]) < 1e-4
+
+
+# ---------------------------------------------------------------- configs and errors
+
+
+def test_defaults_for_configs_that_omit_them_are_transformers():
+    text, vision = transformers.CLIPTextConfig(), transformers.CLIPVisionConfig()
+    for key, value in clip_weights.TEXT_DEFAULTS.items():
+        assert getattr(text, key) == value, key
+    for key, value in clip_weights.VISION_DEFAULTS.items():
+        assert getattr(vision, key) == value, key
+    assert transformers.CLIPConfig().projection_dim == clip_weights.PROJECTION_DIM
+    # A config with nothing but its type is OpenAI's ViT-B/32.
+    kwargs = clip_weights.clip_kwargs_from_hf_config({"model_type": "clip"})
+    assert {k: kwargs[k] for k in clip.VARIANTS["vit_b32"]} == clip.VARIANTS["vit_b32"]
+
+
+def test_every_tensor_that_does_not_fit_is_named_in_one_error(hf, tmp_path):
+    from safetensors.numpy import save_file
+
+    case = hf["first_eos_id"]
+    state = dict(case["state"])
+    del state["vision_model.pre_layrnorm.bias"], state["text_model.encoder.layers.1.mlp.fc2.weight"]
+    state["text_projection.weight"] = state["text_projection.weight"][:, :-1]
+    state["vision_model.head.weight"] = np.zeros((3, WIDTH), np.float32)
+    (tmp_path / "config.json").write_text((case["folder"] / "config.json").read_text())
+    save_file({k: np.array(v, order="C") for k, v in state.items()}, tmp_path / "model.safetensors")
+    with pytest.raises(PretrainedInitError) as info:
+        clip_weights.load_hf_clip(tmp_path)
+    message = str(info.value)
+    assert "read as Hugging Face CLIPModel: 4 problems:" in message
+    assert f"vision_model.pre_layrnorm.bias: missing (expected ({WIDTH},))" in message
+    assert f"layers.1.mlp.fc2.weight: missing (expected ({WIDTH}, {MLP}))" in message
+    assert f"text_projection.weight: ({EMBED}, {WIDTH - 1}), expected ({EMBED}, {WIDTH})" in message
+    assert "vision_model.head.weight: not part of a CLIPModel" in message
+
+
+def test_configs_it_cannot_build(hf, tmp_path):
+    config = json.loads((hf["first_eos_id"]["folder"] / "config.json").read_text())
+    with pytest.raises(PretrainedInitError, match="model_type 'owlvit', not 'clip'"):
+        clip_weights.clip_kwargs_from_hf_config({**config, "model_type": "owlvit"})
+    mixed = {**config, "vision_config": {**config["vision_config"], "hidden_act": "gelu"}}
+    with pytest.raises(PretrainedInitError, match="differ in hidden_act"):
+        clip_weights.clip_kwargs_from_hf_config(mixed)
+    with pytest.raises(PretrainedInitError, match="holds no config.json"):
+        clip_weights.load_hf_clip(tmp_path)
