@@ -74,17 +74,24 @@ def load_hf_clip(path: str | pathlib.Path) -> tuple[clip.CLIP, dict]:
     if not config_file.is_file():
         raise PretrainedInitError(f"{folder} holds no config.json of a Hugging Face CLIPModel.")
     kwargs = clip_kwargs_from_hf_config(json.loads(config_file.read_text()))
-    state: dict = {}
     try:
-        for file in vit_weights._hf_weight_files(folder):
-            if file.suffix == ".bin":
-                state.update(vit_weights._read_torch_bin(file))
-            else:
-                state.update(vit_weights.read_safetensors(file))
-        params = params_from_hf_clip(state, kwargs)
+        params = params_from_hf_clip(read_hf_state_dict(folder), kwargs)
     except PretrainedInitError as error:
         raise PretrainedInitError(f"{folder} read as Hugging Face CLIPModel: {error}") from None
     return clip.CLIP(**kwargs), params
+
+
+def read_hf_state_dict(folder: str | pathlib.Path) -> dict[str, np.ndarray]:
+    """Every tensor of a Hugging Face model folder (model.safetensors, a sharded index, or
+    pytorch_model.bin read with `torch.load(weights_only=True)`), by name, as NumPy arrays;
+    for models built on CLIP (OWL-ViT) as well."""
+    state: dict = {}
+    for file in vit_weights._hf_weight_files(pathlib.Path(folder)):
+        if file.suffix == ".bin":
+            state.update(vit_weights._read_torch_bin(file))
+        else:
+            state.update(vit_weights.read_safetensors(file))
+    return {name: vit_weights._numpy(value) for name, value in state.items()}
 
 
 def clip_kwargs_from_hf_config(config: Mapping) -> dict:
