@@ -1,6 +1,6 @@
 """`scenic-baselines detect`: a trained detector's workdir run on image files.
 
-The workdir here holds a tiny DETR's config, meta data and a checkpoint of its initial
+The workdir here holds a tiny DETR's config, meta data and a checkpoint of random
 parameters (training is not what is tested); its detections on 64x64 digit canvases
 (drawn at the canvas size, so no resizing is involved) must be exactly the model's own
 top-k outputs, in original pixels."""
@@ -9,6 +9,7 @@ import json
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -56,15 +57,41 @@ def detector_workdir(tmp_path_factory):
     }
     model, _ = trainer.build_model(model_cls, config, meta_data)
     tx, _ = trainer.make_optimizer(config, 1)
-    state = trainer.initialize_state(model, config, jax.random.key(0), tx)
-    params = jax.tree.map(lambda p: p + 0.05, state.params)  # no all-zero heads
-    state = state.replace(params=params)
+    state = random_state(model, tx)
     (workdir / "config.json").write_text(config.to_json_best_effort())
     trainer.write_meta_data(workdir, meta_data)
     saver = checkpoints.Checkpointer(workdir)
     saver.save(1, jax.device_get(state.to_dict()))
     saver.close()
     return workdir, model, state
+
+
+def random_state(model, tx) -> trainer.TrainState:
+    """A train state of `initialize_state`'s structure with random parameters (no all-zero
+    heads) and batch statistics at their initial values (mean 0, var 1), built in NumPy
+    from the traced shapes: compiling DETR's `init` would take most of this module's time."""
+    dummy = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), model.input_spec())
+    key = jax.random.key(0)
+    shapes = jax.eval_shape(
+        lambda: model.flax_model.init({"params": key, "dropout": key}, dummy, train=False)
+    )
+    shapes = dict(shapes)
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(
+        lambda s: jnp.asarray(0.05 + 0.2 * rng.standard_normal(s.shape), s.dtype),
+        shapes.pop("params"),
+    )
+    model_state = jax.tree_util.tree_map_with_path(
+        lambda path, s: (jnp.ones if path[-1].key == "var" else jnp.zeros)(s.shape, s.dtype),
+        shapes,
+    )
+    return trainer.TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        model_state=model_state,
+        rng=jax.random.key_data(key),
+    )
 
 
 def canvas_image(index: int) -> np.ndarray:
@@ -107,7 +134,7 @@ def test_detections_are_the_models_top_k_in_pixels(detector_workdir, tmp_path, c
         "image": np.stack(images).astype(np.float32) / 127.5 - 1.0,
         "padding_mask": np.ones((3, CANVAS, CANVAS), np.float32),
     }
-    outputs = model.flax_model.apply({"params": state.params, **state.model_state}, inputs)
+    outputs = jax.jit(model.flax_model.apply)({"params": state.params, **state.model_state}, inputs)
     scores, labels, boxes = detection_postprocess.top_k_detections(
         outputs["pred_logits"], outputs["pred_boxes"], 7, softmax=True
     )

@@ -154,16 +154,17 @@ def test_remat_recomputes_blocks_and_keeps_parameters_and_gradients():
     images = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
     labels = jnp.arange(4) % 3
     plain, remat = vit.ViT(**kwargs), vit.ViT(remat=True, **kwargs)
-    params = plain.init(jax.random.key(0), images, train=False)["params"]
-    remat_params = remat.init(jax.random.key(0), images, train=False)["params"]
+    # Both inits in one compiled program (op by op, each initialiser and shape compiles alone).
+    init = lambda m: m.init(jax.random.key(0), images, train=False)["params"]
+    params, remat_params = jax.jit(lambda: (init(plain), init(remat)))()
     assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(remat_params)
     jax.tree_util.tree_map(np.testing.assert_array_equal, params, remat_params)
     # Random parameters everywhere: the zero-initialised head would make every encoder
     # gradient exactly 0 in both runs, and the comparison below vacuous.
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(jax.random.key(3), len(leaves))
-    params = jax.tree_util.tree_unflatten(
-        treedef, [0.3 * jax.random.normal(k, p.shape) for k, p in zip(keys, leaves)]
+    # (NumPy draws: `jax.random` would compile once per parameter shape.)
+    rng = np.random.default_rng(3)
+    params = jax.tree_util.tree_map(
+        lambda p: jnp.asarray(0.3 * rng.standard_normal(p.shape), p.dtype), params
     )
 
     def loss_fn(model):

@@ -30,17 +30,16 @@ INPUTS = {
 }
 
 
-def init(model, inputs=INPUTS):
-    return model.init({"params": jax.random.key(1)}, inputs)["params"]
+def shapes(model, inputs=INPUTS):
+    """The parameter tree of `model` on `inputs`, traced only (nothing compiled or run)."""
+    return jax.eval_shape(lambda: model.init({"params": jax.random.key(1)}, inputs))["params"]
 
 
 def randomised(params, seed=5):
-    """Every parameter random (the head and class tokens start at zero)."""
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    return jax.tree.unflatten(
-        tree, [0.3 * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
-    )
+    """Every parameter random (the head and class tokens start at zero), drawn with NumPy for
+    each leaf's shape: `jax.random` would compile once per parameter shape."""
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda x: jnp.asarray(0.3 * rng.standard_normal(x.shape), x.dtype), params)
 
 
 # --- an independent reference: the schedule written out with the core block ---------------
@@ -138,7 +137,7 @@ CASES = {
 def test_fused_logits_match_the_written_out_schedule(case):
     kw = {**SMALL, **CASES[case]}
     model = MBT(num_classes=5, **kw)
-    params = randomised(init(model))
+    params = randomised(shapes(model))
     out = jax.jit(model.apply)({"params": params}, INPUTS)
     reference = lambda p, x, present: reference_logits(p, kw, x, present)
     expected = reference(params, dict(INPUTS), jnp.ones((3, 2)))
@@ -159,7 +158,7 @@ def test_a_dropped_modality_is_as_if_removed(case):
     modality gets exactly that modality's single-modality logits."""
     kw = {**SMALL, **CASES.get(case, {"n_bottlenecks": 0}), "modality_dropout": 0.7}
     model = MBT(num_classes=5, **kw)
-    params = randomised(init(model))
+    params = randomised(shapes(model))
     inputs = {m: jnp.concatenate([x] * 4) for m, x in INPUTS.items()}  # 12 examples
     train = jax.jit(
         lambda p: model.apply(
@@ -187,7 +186,7 @@ def test_a_dropped_modality_is_as_if_removed(case):
 def test_eval_without_bottlenecks_runs_the_modalities_apart():
     kw = {**SMALL, "eval_with_bottlenecks": False}
     model = MBT(num_classes=5, **kw)
-    params = randomised(init(model))
+    params = randomised(shapes(model))
     out = model.apply({"params": params}, INPUTS)
     late = {**kw, "n_bottlenecks": 3, "fusion_layer": 3}
     # Same blocks, no exchange: the average of the modalities' own passes without bottleneck.
@@ -198,12 +197,12 @@ def test_eval_without_bottlenecks_runs_the_modalities_apart():
 def test_one_modality_model_and_inference_outputs():
     model = MBT(num_classes=5, modalities=("spectrogram",), **SMALL)
     inputs = {"spectrogram": INPUTS["spectrogram"]}
-    params = init(model, inputs)
+    params = randomised(shapes(model, inputs))
     assert "bottleneck" not in params and "encoder_rgb" not in params
     out = model.apply({"params": params}, inputs)
     assert set(out) == {"logits"}
     model = MBT(num_classes=5, **SMALL)
-    params = init(model)
+    params = randomised(shapes(model))
     assert set(model.apply({"params": params}, INPUTS, single_modality=False)) == {"logits"}
     with pytest.raises(ValueError, match=r"MBT expects inputs \{rgb, spectrogram\}, got \['rgb'\]"):
         model.apply({"params": params}, {"rgb": INPUTS["rgb"]})
@@ -239,8 +238,9 @@ def programs(kwargs):
     """The jaxprs of init, of a train-mode gradient and of the eval pass, traced lazily."""
     model = MBT(num_classes=5, **kwargs)
     rngs = {"params": jax.random.key(2), "dropout": jax.random.key(3)}
-    yield str(jax.make_jaxpr(lambda: model.init(rngs, INPUTS))())
-    params = jax.eval_shape(lambda: model.init(rngs, INPUTS))["params"]
+    init, variables = jax.make_jaxpr(lambda: model.init(rngs, INPUTS), return_shape=True)()
+    yield str(init)
+    params = variables["params"]
     loss = lambda p: model.apply(
         {"params": p}, INPUTS, train=True, rngs={"dropout": jax.random.key(4)}
     )["modality_logits"].sum()
@@ -303,14 +303,12 @@ def test_init_from_image_vit():
         mlp_dim=24,
         classifier="token",
     )
-    vit_params = randomised(
-        vit.init({"params": jax.random.key(0)}, jnp.zeros((1, 16, 16, 3)))["params"], seed=7
-    )
+    vit_params = randomised(shapes(vit, jnp.zeros((1, 16, 16, 3))), seed=7)
     kw = {**SMALL, "classifier": "token"}
     model = MBT(num_classes=5, **kw)
-    params = init(model)
-    shapes = {m: x.shape for m, x in INPUTS.items()}
-    out = init_from_vit(model, params, vit_params, shapes, kernel_init="average")
+    params = randomised(shapes(model), seed=8)
+    input_shapes = {m: x.shape for m, x in INPUTS.items()}
+    out = init_from_vit(model, params, vit_params, input_shapes, kernel_init="average")
     vk = np.asarray(vit_params["embedding"]["kernel"])  # [4, 4, 3, 16]
     gray = vk.sum(2, keepdims=True)  # the test's frames have one channel
     np.testing.assert_allclose(out["embedding_rgb"]["kernel"], np.stack([gray / 2] * 2), rtol=1e-6)
@@ -343,4 +341,4 @@ def test_init_from_image_vit():
         ValueError, match="The ViT has 3 encoder blocks, the MBT model num_layers=2"
     ):
         small = MBT(num_classes=5, **{**kw, "num_layers": 2, "fusion_layer": 1})
-        init_from_vit(small, init(small), vit_params, shapes)
+        init_from_vit(small, shapes(small), vit_params, input_shapes)
