@@ -122,18 +122,16 @@ class Checkpointer:
 
 
 def abstract_array(x) -> jax.ShapeDtypeStruct:
-    """The restore target of one array, always with a sharding: a target's own (a sharded
-    state is read shard by shard onto its mesh), else this process's first device in a
-    single-process run. Without one Orbax would put the array back on the devices that
-    wrote it, which a run on another mesh may not have."""
-    if isinstance(x, jax.ShapeDtypeStruct):
-        return x
-    if isinstance(x, jax.Array) and len(x.sharding.device_set) > 1:
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
-    sharding = None
-    if jax.process_count() == 1:
+    """The restore target of one array (or abstract array), always with a sharding: a
+    target's own (a sharded state is read shard by shard onto its mesh), else this
+    process's first device in a single-process run. Without one Orbax would put the array
+    back on the devices that wrote it, which a run on another mesh may not have."""
+    sharding = getattr(x, "sharding", None)
+    if isinstance(x, jax.Array) and len(x.sharding.device_set) == 1:
+        sharding = None  # a host-side copy: placed below like a NumPy array
+    if sharding is None and jax.process_count() == 1:
         sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    return jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=sharding)
+    return jax.ShapeDtypeStruct(np.shape(x), np.dtype(x.dtype), sharding=sharding)
 
 
 def _flat_meta(tree) -> dict:

@@ -37,7 +37,11 @@ class PmapLayout:
         return replicate(state, axis_name=steps.AXIS)
 
     def restore_target(self, state: TrainState) -> dict:
-        return jax.device_get(state.to_dict())
+        """Host copies of the state's arrays (abstract shapes stay as they are)."""
+        return jax.tree.map(
+            lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else jax.device_get(x),
+            state.to_dict(),
+        )
 
     def checkpoint_state(self, state: TrainState) -> dict:
         return unreplicate(state).to_dict()
@@ -104,7 +108,7 @@ class MeshLayout:
         whatever mesh the checkpoint was written from."""
         shardings = self.state_shardings(state)
         return jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=s),
+            lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s),
             state.to_dict(),
             shardings.to_dict(),
         )

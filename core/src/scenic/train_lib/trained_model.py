@@ -68,7 +68,10 @@ def load_trained_model(
         model, dtype = trainer.build_model(model_cls, config, meta_data)
         # Only the optimizer state's structure matters here, not the schedule's length.
         tx, _ = trainer.make_optimizer(config, int(config.num_training_steps) or 1 << 30)
-        state = trainer.initialize_state(model, config, jax.random.key(config.rng_seed), tx)
+        # The restore target's shapes only: tracing the initialisation, not compiling it.
+        state = jax.eval_shape(
+            lambda: trainer.initialize_state(model, config, jax.random.key(config.rng_seed), tx)
+        )
         state = trainer.restore_latest(checkpointer, state, config, step)
     finally:
         checkpointer.close()

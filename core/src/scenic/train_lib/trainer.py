@@ -180,7 +180,7 @@ def restore_latest(
     if the run keeps one), on the host, or with a mesh layout straight onto its shardings
     (whatever mesh or mode wrote the checkpoint)."""
     if config.ema:  # the restore target must hold what the checkpoint holds
-        state = state.replace(ema_params=ema.init_ema(state.params))
+        state = state.replace(ema_params=jax.eval_shape(ema.init_ema, state.params))
     return TrainState.from_dict(checkpointer.restore(layout.restore_target(state), step))
 
 
