@@ -197,17 +197,6 @@ def restore_checks(out: str) -> dict:
     return differences
 
 
-def _nest(flat: dict) -> dict:
-    tree = {}
-    for name, value in flat.items():
-        *parents, leaf = name.split("/")
-        node = tree
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return tree
-
-
 def _max_difference(a: dict, b: dict) -> float:
     assert sorted(a) == sorted(b), (sorted(a)[:3], sorted(b)[:3])
     return max(float(np.abs(a[k] - b[k]).max()) for k in a)

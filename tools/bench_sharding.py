@@ -104,7 +104,6 @@ def step_memory(name: str, layout_name: str, args) -> dict:
     )
     layout = layouts.MeshLayout(partitioning.make_mesh(LAYOUTS[layout_name]))
     shardings = layout.state_shardings(state)
-    layout._state_shardings = shardings
     abstract_state = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shardings
     )
@@ -116,7 +115,8 @@ def step_memory(name: str, layout_name: str, args) -> dict:
         "label": jax.ShapeDtypeStruct((args.batch,), np.int32, sharding=batch_sharding),
     }
     step = layout.train_step(
-        functools.partial(steps.train_step, model=model, tx=tx, lr_fn=lr_fn, dtype=dtype)
+        functools.partial(steps.train_step, model=model, tx=tx, lr_fn=lr_fn, dtype=dtype),
+        shardings,
     )
     start = time.perf_counter()
     compiled = step.lower(abstract_state, batch).compile()

@@ -190,6 +190,11 @@ def rematerialised(block_cls: type[nn.Module], policy: bool | str = "full") -> t
     return nn.remat(block_cls, static_argnums=(2,), policy=saveable)
 
 
+#: Parameter paths inside a layer-scanned encoder (`ScannedBlocks`, named `encoderblock`):
+#: their axis 0 is the layer axis.
+SCANNED_PATH = re.compile(r"(^|/)encoderblock/")
+
+
 class ScannedBlocks(nn.Module):
     """`num_layers` identical blocks as one `nn.scan`: the block is traced and compiled once
     whatever the depth. Parameters are stacked on a leading layer axis under

@@ -119,12 +119,16 @@ class MeshLayout:
     def host_state(self, state: TrainState) -> dict:
         return gather_to_host(state.to_dict())
 
-    def train_step(self, fn):
-        if self._state_shardings is None:
-            raise RuntimeError("place_state before compiling the train step.")
+    def train_step(self, fn, state_shardings: TrainState | None = None):
+        """`fn` jitted for the state's shardings: those `place_state` gave, or
+        `state_shardings` (`state_shardings(...)` of an abstract state, to compile without
+        placing one)."""
+        state_shardings = state_shardings or self._state_shardings
+        if state_shardings is None:
+            raise RuntimeError("place_state (or pass state_shardings) before compiling.")
         return jax.jit(
             functools.partial(fn, axis_name=None),
-            out_shardings=(self._state_shardings, self.replicated, self.replicated),
+            out_shardings=(state_shardings, self.replicated, self.replicated),
             donate_argnums=(0,),
         )
 

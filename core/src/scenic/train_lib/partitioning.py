@@ -27,14 +27,15 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from scenic.common_lib.config_utils import ConfigError
+from scenic.model_lib import vit_encoder
 from scenic.train_lib.optimizers import param_path as path_name
 
 MESH_AXES = ("data", "fsdp", "model")
 #: The batch axis is split over these mesh axes (model-parallel devices share examples).
 BATCH_AXES = ("data", "fsdp")
-#: Parameters under this path component are stacked over layers (`vit_encoder` layer scan):
-#: axis 0 is the layer axis, which the automatic FSDP rule never shards.
-SCANNED = re.compile(r"(^|/)encoderblock/")
+#: Parameters stacked over layers by `vit_encoder`'s layer scan: axis 0 is the layer axis,
+#: which the automatic FSDP rule never shards.
+SCANNED = vit_encoder.SCANNED_PATH
 
 #: ViT-style defaults (the core `vit_encoder` names, also ViViT's and the projects' blocks):
 #: Megatron-style tensor parallelism of attention heads and the MLP's hidden units over
