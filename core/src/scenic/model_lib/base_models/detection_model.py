@@ -13,6 +13,15 @@ Model outputs are a dict:
 `box_mask` `[B, M]` (1 real target, 0 padding; all real if absent). Targets of examples
 with `batch_mask` 0 never count. Padded targets may hold any label and box (even NaN).
 
+Federated label spaces (`federated_loss`, LVIS / Objects365 as in OWL-ViT): such data sets
+annotate each image for only some classes, so a missing box is no evidence of absence. The
+sigmoid focal class term of (image, query, class) then counts only if the class is in the
+image's label space: its positives and its `neg_category_ids` (verified absent), or an
+explicit `label['label_space']` `[B, C]` of 0/1 (which always applies). Classes in
+`not_exhaustive_category_ids` may have unannotated instances, so only their matched queries
+count. A matched query always counts for its target's class. Matching and normalisation
+are unchanged (`federated_label_space`).
+
 Normalisation: every loss term is a sum over the matched real targets (class term: over all
 queries of real examples), divided by the number of real targets in the *global* batch
 (`lax.psum` over `axis_name`, at least 1), as in DETR. `loss_function` returns the device's
@@ -59,6 +68,11 @@ DEFAULTS = {
     "eos_coef": 0.1,
     "focal_alpha": 0.25,
     "focal_gamma": 2.0,
+    # Federated label spaces for the sigmoid focal class loss (LVIS, Objects365): count a
+    # class of an image only if it is annotated there (module docstring); needs batches with
+    # label['neg_category_ids'] (and optionally 'not_exhaustive_category_ids') or an
+    # explicit label['label_space'] [B, C].
+    "federated_loss": False,
     # Detections kept per eval image (top-k over queries x classes); None: 100, or 300
     # when scoring LVIS (its protocol).
     "eval_top_k": None,
@@ -97,6 +111,11 @@ class DetectionModel(BaseModel):
         if class_loss not in CLASS_LOSSES:
             raise config_utils.ConfigError(
                 f"Unknown class_loss {class_loss!r}; expected one of {CLASS_LOSSES}."
+            )
+        if class_loss == "softmax" and self.option("federated_loss"):
+            raise config_utils.ConfigError(
+                "federated_loss=True needs class_loss='sigmoid_focal': federated label spaces "
+                "weight the per-class sigmoid focal loss (a softmax has no per-class terms)."
             )
         self.matcher = matchers.MATCHERS[matcher]
         eval_metrics, top_k = self.option("eval_metrics"), self.option("eval_top_k")
@@ -171,10 +190,60 @@ class DetectionModel(BaseModel):
 
     # --- Losses ----------------------------------------------------------------------------
 
-    def loss_sums(self, outputs, labels, boxes, valid, example_mask):
-        """Unnormalised class, L1 and GIoU sums of one output dict on this device."""
-        logits = outputs["pred_logits"].astype(jnp.float32)
-        pred_boxes = outputs["pred_boxes"].astype(jnp.float32)
+    def federated_label_space(self, label, labels, valid, num_classes):
+        """Per-image class weights `[B, C]` of the focal class loss, or None (all count).
+
+        An image annotated for only some classes (LVIS's federated design) says nothing
+        about the others, so penalising a query there would teach the model to suppress
+        real, unannotated objects. The space is `label['label_space']` if given, else
+        (with `federated_loss`) the image's positive classes and its `neg_category_ids`;
+        `not_exhaustive_category_ids` are then removed. `loss_sums` adds the matched
+        (query, class of its target) entries back.
+        """
+        explicit = label.get("label_space")
+        if self.softmax:
+            if explicit is not None:
+                raise ValueError(
+                    "DetectionModel: label['label_space'] needs class_loss='sigmoid_focal'."
+                )
+            return None
+        if explicit is None and not self.option("federated_loss"):
+            return None
+        batch = labels.shape[0]
+
+        def in_lists(ids, keep=None):  # [B, K] class ids (-1: padding) -> [B, C] 0/1
+            one_hot = jax.nn.one_hot(jnp.asarray(ids), num_classes)
+            if keep is not None:
+                one_hot = one_hot * keep[..., None]
+            return (jnp.sum(one_hot, axis=-2) > 0).astype(jnp.float32)
+
+        if explicit is not None:
+            space = jnp.asarray(explicit, jnp.float32)
+            if space.shape != (batch, num_classes):
+                raise ValueError(
+                    f"DetectionModel: label['label_space'] must be [B, C] = "
+                    f"{(batch, num_classes)}; got {space.shape}."
+                )
+        elif label.get("neg_category_ids") is None:
+            raise ValueError(
+                "DetectionModel: federated_loss=True needs batches with "
+                "label['neg_category_ids'] (and optionally 'not_exhaustive_category_ids'), "
+                "as the TFDS lvis data set has, or an explicit label['label_space'] [B, C]; "
+                f"this label has {sorted(label)}."
+            )
+        else:
+            space = jnp.maximum(in_lists(labels, valid), in_lists(label["neg_category_ids"]))
+        if label.get("not_exhaustive_category_ids") is not None:
+            space = space * (1.0 - in_lists(label["not_exhaustive_category_ids"]))
+        return space
+
+    def loss_sums(self, outputs, labels, boxes, valid, example_mask, label_space=None):
+        """Unnormalised class, L1 and GIoU sums of one output dict on this device.
+
+        `label_space` `[B, C]`: the class weights of `federated_label_space` (None: all 1).
+        """
+        logits = jnp.asarray(outputs["pred_logits"], jnp.float32)
+        pred_boxes = jnp.asarray(outputs["pred_boxes"], jnp.float32)
         check_outputs(logits, pred_boxes, labels)
         rows, cols, matched = self.match(
             self.matching_cost(logits, pred_boxes, labels, boxes), valid
@@ -199,6 +268,8 @@ class DetectionModel(BaseModel):
             focal = model_utils.sigmoid_focal_loss(
                 logits, target, self.option("focal_alpha"), self.option("focal_gamma")
             )
+            if label_space is not None:  # matched (query, target class) entries always count
+                focal = focal * jnp.maximum(label_space[:, None, :], target)
             class_sum = jnp.sum(jnp.where(example_mask[:, None, None], focal, 0.0))
 
         pred = jnp.take_along_axis(pred_boxes, rows[..., None], 1)
@@ -225,10 +296,13 @@ class DetectionModel(BaseModel):
         (DETR's `class_error` is 100 x (1 - class_accuracy)).
         """
         labels, boxes, valid, example_mask = targets_of(batch)
+        space = self.federated_label_space(
+            batch["label"], labels, valid, outputs["pred_logits"].shape[-1]
+        )
         aux = outputs.get("aux_outputs") or []
         terms, total = {}, 0.0
         for suffix, output in [("", outputs), *((f"_aux{i}", o) for i, o in enumerate(aux))]:
-            sums, correct = self.loss_sums(output, labels, boxes, valid, example_mask)
+            sums, correct = self.loss_sums(output, labels, boxes, valid, example_mask, space)
             for name, value in sums.items():
                 terms[f"loss_{name}{suffix}"] = value
                 total = total + self.option(f"{name}_loss_coef") * value
