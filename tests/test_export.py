@@ -23,7 +23,13 @@ import pytest
 
 from scenic.common_lib import config_utils, export, runner
 
-PROJECTS = ("scenic_baselines", "scenic_vivit", "scenic_mbt", "scenic_tokenlearner")
+PROJECTS = (
+    "scenic_baselines",
+    "scenic_vivit",
+    "scenic_mbt",
+    "scenic_tokenlearner",
+    "scenic_owl_vit",
+)
 IMAGE = {"input_shape": (-1, 16, 16, 1), "num_classes": 5}
 VIDEO = {"input_shape": (-1, 4, 16, 16, 1), "num_classes": 5}
 AUDIOVISUAL = {"input_shape": {"rgb": (-1, 4, 8, 8, 1), "spectrogram": (-1, 8, 12, 1)}}
@@ -115,6 +121,28 @@ CASES = {
         "tokenlearner_moving_digits",
         {**TINY_VIT, "num_tokens": 4},
         VIDEO,
+    ),
+    "owl_vit": Case(
+        "scenic_owl_vit",
+        "owl_vit_digits",
+        {
+            "embed_dim": 16,
+            "image_size": 32,
+            "vision_width": 16,
+            "vision_layers": 1,
+            "vision_heads": 2,
+            "vision_mlp_dim": 32,
+            "text_width": 16,
+            "text_layers": 1,
+            "text_heads": 2,
+            "text_mlp_dim": 32,
+        },
+        {
+            "input_shape": {"image": (-1, 32, 32, 3), "padding_mask": (-1, 32, 32)},
+            "num_classes": 3,
+            "class_names": ["zero", "one", "two"],
+        },
+        {"prompt_templates": ["{}", "digit {}"]},
     ),
 }
 # (model_name, format) -> the error that export gives (a regex), and why.

@@ -179,3 +179,22 @@ class ClipTokenizer:
                 ids[-1] = self.end_id
             row[: len(ids)] = ids
         return out
+
+
+class ByteTokenizer:
+    """Text -> UTF-8 byte ids, for CLIP-style text towers trained from scratch (demos, tests).
+
+    Needs no vocabulary file and encodes any text, so a small model trained on a few class
+    names still accepts every query. Ids: padding 0, byte b -> b + 1, start 257, end 258
+    (the highest id, so pooling at the highest id finds it, as with CLIP's tokenizer).
+    The text is cleaned as `ClipTokenizer` cleans it (whitespace collapsed, lower case).
+    """
+
+    start_id = 257
+    end_id = 258
+    vocab_size = 259
+
+    def encode(self, text: str) -> list[int]:
+        return [byte + 1 for byte in clean_text(text).encode("utf-8")]
+
+    tokenize = ClipTokenizer.tokenize

@@ -1,4 +1,4 @@
-"""`scenic-owl-vit train | eval | list-configs`."""
+"""`scenic-owl-vit train | eval | list-configs | detect`."""
 
 from __future__ import annotations
 
@@ -13,11 +13,18 @@ def _models():
     return MODELS
 
 
+def _detect_command():
+    from scenic_owl_vit import detect
+
+    return detect.command()
+
+
 main = make_main(
     prog="scenic-owl-vit",
     config_package="scenic_owl_vit.configs",
     models=_models,
-    description="OWL-ViT / OWLv2 open-vocabulary detection (no configs yet).",
+    description="OWL-ViT / OWLv2 open-vocabulary detection.",
+    commands={"detect": _detect_command()},
 )
 
 if __name__ == "__main__":

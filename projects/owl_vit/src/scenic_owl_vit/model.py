@@ -125,12 +125,14 @@ class ClassHead(nn.Module):
 
     embed_dim: int
     padded_query_logit: float = -1e6
+    logit_shift_bias_init: float = 0.0
     dtype: jnp.dtype | None = None
 
     @nn.compact
     def __call__(self, x, query_embeddings=None, query_mask=None):
         class_embeddings = nn.Dense(self.embed_dim, dtype=self.dtype, name="dense0")(x)
-        shift = nn.Dense(1, dtype=self.dtype, name="logit_shift")(x)
+        shift_init = nn.initializers.constant(self.logit_shift_bias_init)
+        shift = nn.Dense(1, dtype=self.dtype, name="logit_shift", bias_init=shift_init)(x)
         scale = nn.Dense(1, dtype=self.dtype, name="logit_scale")(x)
         if query_embeddings is None:
             return None, class_embeddings
@@ -176,6 +178,9 @@ class OWLViT(nn.Module):
     merged_norm_epsilon: float = 1e-6
     gelu_approximate: bool = True
     padded_query_logit: float = -1e6
+    # Initial bias of the per-token logit shift, for training from scratch: -4.6 starts
+    # every logit near sigmoid^-1(0.01), the focal loss's usual prior (RetinaNet).
+    logit_shift_bias_init: float = 0.0
     dtype: jnp.dtype | None = None
 
     def setup(self):
@@ -190,7 +195,8 @@ class OWLViT(nn.Module):
             eos_token_id=self.eos_token_id, dtype=self.dtype,
         )  # fmt: skip
         self.merged_norm = nn.LayerNorm(self.merged_norm_epsilon, dtype=self.dtype)
-        self.class_head = ClassHead(self.embed_dim, self.padded_query_logit, self.dtype)
+        self.class_head = ClassHead(self.embed_dim, self.padded_query_logit,
+                                    self.logit_shift_bias_init, self.dtype)  # fmt: skip
         self.box_head = MLPHead(4, self.gelu_approximate, self.dtype)
         if self.objectness:
             self.objectness_head = MLPHead(1, self.gelu_approximate, self.dtype)
@@ -237,8 +243,7 @@ class OWLViT(nn.Module):
         if text_tokens is not None:
             if query_embeddings is not None:
                 raise ValueError("Give text_tokens or query_embeddings, not both.")
-            if text_tokens.ndim == 2:
-                text_tokens = jnp.broadcast_to(text_tokens, (batch, *text_tokens.shape))
+            # Shared queries [Q, L] go through the text tower once, then broadcast.
             query_embeddings = self.text_embeddings(text_tokens, train)
             if query_mask is None:
                 query_mask = text_tokens[..., 0] > 0

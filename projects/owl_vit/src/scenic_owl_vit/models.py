@@ -1,10 +1,11 @@
-"""The registry the CLI reads: `config.model_name` -> base model.
-
-Empty for now: the OWL-ViT / OWLv2 network and its Hugging Face import are in `model` and
-`weights`; a detection base model on the core's `DetectionModel` criterion (and its export
-case in tests/test_export.py) comes with the training configs.
-"""
+"""The registry the CLI reads: `config.model_name` -> base model."""
 
 from __future__ import annotations
 
-MODELS: dict[str, type] = {}
+from scenic_owl_vit.detection_model import OwlViTDetectionModel
+
+MODELS: dict[str, type] = {
+    # config.model: `variant` and OWLViTDetector's attributes; the criterion's keys
+    # (matcher, loss weights, eval_top_k, ...) and the tokenizer's are top-level.
+    "owl_vit": OwlViTDetectionModel,
+}

@@ -1,0 +1,188 @@
+"""OWL-ViT trained and evaluated through the core's set-prediction criterion.
+
+`OwlViTDetectionModel` is the core `DetectionModel` (Hungarian matching, sigmoid focal class
+loss, L1 and GIoU; COCO / LVIS evaluation) with OWL-ViT as its network: nothing of the
+criterion is copied here. What is OWL-ViT's own is where the classes come from: the data
+set's class names (`class_names` meta data) are turned into text queries with prompt
+templates, and the class logits are the image tokens' similarities to those queries.
+
+  training    each step draws one template per class (the original's random prompts), so
+              the text tower sees every template over time;
+  evaluation  the logits of every template are averaged (an ensemble of prompts);
+  any time    a batch may bring its own queries: `inputs['text_tokens']` `[Q, L]` or
+              `[B, Q, L]` (ids from the model's tokenizer) replace the class names; the
+              `detect` verb uses them for free-text queries.
+
+Config (top level, besides `DetectionModel`'s keys; OWL-ViT's defaults differ from DETR's:
+sigmoid focal loss with alpha 0.3, class, L1 and GIoU weights 1, as the original's configs):
+  tokenizer         'clip' (CLIP's BPE; `tokenizer_path` names the vocabulary: OpenAI's
+                    bpe_simple_vocab_16e6.txt.gz or a Hugging Face folder) or 'bytes'
+                    (UTF-8 bytes: no file needed; for towers trained from scratch).
+  prompt_templates  templates with one '{}' for the class name (default: the name alone).
+`config.model`: `variant` (one of `model.VARIANTS`, or None for the class defaults) and any
+`model.OWLViTDetector` attribute, overriding the variant's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from scenic.common_lib.config_utils import ConfigError
+from scenic.model_lib.base_models import detection_model
+from scenic.model_lib.base_models.detection_model import DetectionModel
+from scenic_owl_vit import model as owl_model
+
+TOKENIZERS = ("clip", "bytes")
+#: OWL-ViT's criterion settings (the original's configs) where they differ from DETR's.
+OWL_VIT_DEFAULTS = {
+    "class_loss": "sigmoid_focal",
+    "focal_alpha": 0.3,
+    "focal_gamma": 2.0,
+    "class_loss_coef": 1.0,
+    "bbox_loss_coef": 1.0,
+    "giou_loss_coef": 1.0,
+}
+DEFAULT_TEMPLATES = ("{}",)
+
+
+class OWLViTDetector(owl_model.OWLViT):
+    """`model.OWLViT` on the core's detection batches: `__call__(inputs, train)` with
+    `inputs` the images `[B, S, S, 3]` or a dict with `image` (a `padding_mask` is not needed:
+    the pipeline's padding is part of the image, as the original pads) and optionally
+    `text_tokens`. Without `text_tokens` the queries are `class_tokens` `[T, C, L]` (T
+    prompt templates of the C class names): one random template per class in training
+    (from the 'dropout' rng), all T averaged at evaluation."""
+
+    class_tokens: tuple | None = None
+
+    def __call__(self, inputs, train: bool = False):
+        images = inputs["image"] if isinstance(inputs, dict) else inputs
+        tokens = inputs.get("text_tokens") if isinstance(inputs, dict) else None
+        if tokens is not None:
+            return super().__call__(images, tokens, train=train)
+        if self.class_tokens is None:
+            raise ValueError("OWLViTDetector: no text_tokens in the inputs and no class_tokens.")
+        class_tokens = jnp.asarray(self.class_tokens, jnp.int32)  # [T, C, L]
+        num_templates, num_classes = class_tokens.shape[:2]
+        if train and num_templates > 1:
+            choice = jax.random.randint(self.make_rng("dropout"), (num_classes,), 0, num_templates)
+            return super().__call__(images, class_tokens[choice, jnp.arange(num_classes)],
+                                    train=train)  # fmt: skip
+        features = self.image_features(images, train)
+        queries = self.text_embeddings(class_tokens.reshape(-1, class_tokens.shape[-1]), train)
+        queries = jnp.broadcast_to(queries, (features.shape[0], *queries.shape))
+        out = self.heads(features, queries)
+        logits = out["pred_logits"].reshape(*out["pred_logits"].shape[:2], num_templates, -1)
+        return {**out, "pred_logits": logits.mean(axis=2)}
+
+
+def make_tokenizer(kind: str, path: str | None):
+    """The text tokenizer of a config: `ClipTokenizer.from_path(path)` or `ByteTokenizer()`."""
+    from scenic_baselines import clip_tokenizer
+
+    if kind == "bytes":
+        return clip_tokenizer.ByteTokenizer()
+    if kind == "clip":
+        if not path:
+            raise ConfigError(
+                "tokenizer='clip' needs tokenizer_path: OpenAI's "
+                f"{clip_tokenizer.OPENAI_VOCAB_FILE} or a Hugging Face folder with "
+                "vocab.json and merges.txt (nothing is downloaded)."
+            )
+        return clip_tokenizer.ClipTokenizer.from_path(path)
+    raise ConfigError(f"Unknown tokenizer {kind!r}; expected one of {TOKENIZERS}.")
+
+
+def class_tokens(tokenizer, class_names, templates, context_length: int) -> np.ndarray:
+    """`[T, C, L]` token ids of every template filled with every class name; names are
+    lower-cased with underscores as spaces (LVIS writes 'hot_dog')."""
+    names = [str(name).replace("_", " ").lower() for name in class_names]
+    return np.stack([tokenizer.tokenize([t.format(n) for n in names], context_length)
+                     for t in templates])  # fmt: skip
+
+
+class OwlViTDetectionModel(DetectionModel):
+    """OWL-ViT (v1 or v2) through the core `DetectionModel` criterion and evaluation."""
+
+    config_keys = (*DetectionModel.config_keys, "tokenizer", "tokenizer_path",
+                   "prompt_templates")  # fmt: skip
+
+    def option(self, key: str):
+        value = self.config.get(key)
+        if value is not None:
+            return value
+        return OWL_VIT_DEFAULTS.get(key, detection_model.DEFAULTS.get(key))
+
+    def __init__(self, config, dataset_meta_data):
+        super().__init__(config, dataset_meta_data)
+        if self.softmax:
+            raise ConfigError(
+                "OWL-ViT has no background class: class_loss must be 'sigmoid_focal'."
+            )
+
+    @property
+    def templates(self) -> tuple[str, ...]:
+        templates = tuple(self.config.get("prompt_templates") or DEFAULT_TEMPLATES)
+        for template in templates:
+            if template.count("{}") != 1:
+                raise ConfigError(
+                    f"prompt_templates: {template!r} must hold exactly one '{{}}' for the "
+                    "class name."
+                )
+        return templates
+
+    def build_flax_model(self):
+        kwargs = owl_kwargs(self.config.model)
+        self.tokenizer = make_tokenizer(
+            self.config.get("tokenizer") or "clip", self.config.get("tokenizer_path")
+        )
+        if self.tokenizer.vocab_size > kwargs["vocab_size"]:
+            raise ConfigError(
+                f"model.vocab_size {kwargs['vocab_size']} is smaller than the tokenizer's "
+                f"{self.tokenizer.vocab_size} ids."
+            )
+        names = self.dataset_meta_data.get("class_names")
+        tokens = None
+        if names:
+            ids = class_tokens(self.tokenizer, names, self.templates, kwargs["context_length"])
+            # Nested tuples: a hashable module attribute, like every other one.
+            tokens = tuple(tuple(map(tuple, template)) for template in ids.tolist())
+        return OWLViTDetector(class_tokens=tokens, **kwargs)
+
+    def tokenize(self, texts) -> np.ndarray:
+        """`[Q, L]` token ids of free-text queries, at the text tower's context length."""
+        return self.tokenizer.tokenize(list(texts), self.flax_model.context_length)
+
+    @classmethod
+    def model_config_keys(cls) -> tuple[str, ...]:
+        excluded = ("parent", "name", "class_tokens")
+        fields = [f.name for f in dataclasses.fields(OWLViTDetector) if f.name not in excluded]
+        return ("variant", *fields)
+
+    @classmethod
+    def check_config(cls, config: ml_collections.ConfigDict) -> None:
+        owl_kwargs(config.model)
+
+
+def owl_kwargs(model_config) -> dict:
+    """`OWLViTDetector` arguments of `config.model`: the variant's (original conventions),
+    then every other key; a dtype given as a string becomes a dtype."""
+    settings = dict(model_config.to_dict() if model_config is not None else {})
+    variant = settings.pop("variant", None)
+    if variant is not None:
+        if variant not in owl_model.VARIANTS:
+            raise ConfigError(
+                f"model.variant {variant!r} is not one of {', '.join(owl_model.VARIANTS)}."
+            )
+        base = owl_model.owl_vit(variant)
+        fields = [f.name for f in dataclasses.fields(owl_model.OWLViT)
+                  if f.name not in ("parent", "name")]  # fmt: skip
+        settings = {**{name: getattr(base, name) for name in fields}, **settings}
+    if isinstance(settings.get("dtype"), str):
+        settings["dtype"] = jnp.dtype(settings["dtype"])
+    return settings
