@@ -383,6 +383,18 @@ def test_sigmoid_focal_loss(alpha, gamma):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
 
 
+def test_sigmoid_focal_loss_gradient_is_finite_at_saturated_logits():
+    """At gamma 0 the loss is BCE, whose gradient is finite everywhere: (1 - p_t) ** 0.0
+    must not be differentiated where p_t rounds to 1 (it gives NaN there)."""
+    logits = jnp.array([40.0, -120.0, 0.0, -40.0])
+    targets = jnp.array([1.0, 0.0, 1.0, 1.0])
+    for gamma in (0.0, 2.0):
+        loss = lambda x: model_utils.sigmoid_focal_loss(x, targets, 0.5, gamma).sum()
+        grad = np.asarray(jax.grad(loss)(logits))
+        assert np.all(np.isfinite(grad)), (gamma, grad)
+        assert grad[3] < -0.49 * (gamma == 0) and grad[2] < 0  # positives pulled up
+
+
 def test_softmax_focal_loss_reduces_to_cross_entropy_at_gamma_zero():
     logits = RNG.normal(size=(4, 6))
     targets = np.eye(6)[RNG.integers(0, 6, 4)]

@@ -100,7 +100,8 @@ def sigmoid_focal_loss(logits, targets, alpha: float | None = 0.25, gamma: float
     p = jax.nn.sigmoid(logits)
     bce = -(targets * jax.nn.log_sigmoid(logits) + (1 - targets) * jax.nn.log_sigmoid(-logits))
     p_t = p * targets + (1 - p) * (1 - targets)
-    loss = bce * (1 - p_t) ** gamma
+    # gamma 0 is plain BCE: no (1 - p_t) ** 0 factor, whose gradient is NaN at p_t = 1.
+    loss = bce if gamma == 0 else bce * (1 - p_t) ** gamma
     if alpha is not None:
         loss = loss * (alpha * targets + (1 - alpha) * (1 - targets))
     return loss
