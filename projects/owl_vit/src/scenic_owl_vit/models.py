@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import scenic_owl_vit.init_formats  # noqa: F401  (registers OWL-ViT weight formats with init_from)
 from scenic_owl_vit.detection_model import OwlViTDetectionModel
 
 MODELS: dict[str, type] = {
