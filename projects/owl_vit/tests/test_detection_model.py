@@ -154,3 +154,22 @@ def test_variant_gives_the_released_architecture():
 def test_bad_config_is_one_clear_error(top_level, message):
     with pytest.raises(ConfigError, match=message):
         make_model(**top_level)
+
+
+def test_clip_pixels_turns_pipeline_pixels_into_clip_normalisation(tiny):
+    """The pipeline's x / 127.5 - 1 through `clip_pixels` equals the plain model on CLIP's
+    (x / 255 - mean) / std, as the imported weights expect."""
+    model, params, _ = tiny
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3)).astype(np.float32)
+    clip_model = model.flax_model.clone(clip_pixels=True)
+    tokens = model.tokenize(["one"])
+    out = clip_model.apply({"params": params}, {"image": pixels / 127.5 - 1, "text_tokens": tokens})
+    mean, std = np.array(detection_model.CLIP_MEAN), np.array(detection_model.CLIP_STD)
+    plain = model.flax_model.apply(
+        {"params": params}, (pixels / 255 - mean) / std, tokens, method=owl_model.OWLViT.__call__
+    )
+    np.testing.assert_allclose(out["pred_logits"], plain["pred_logits"], rtol=1e-4, atol=1e-5)
+    unconverted = model.flax_model.apply(
+        {"params": params}, {"image": pixels / 127.5 - 1, "text_tokens": tokens}
+    )
+    assert np.abs(unconverted["pred_boxes"] - plain["pred_boxes"]).max() > 1e-4

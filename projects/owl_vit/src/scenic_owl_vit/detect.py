@@ -29,10 +29,11 @@ import sys
 import numpy as np
 
 from scenic.common_lib import detect_command
+from scenic_owl_vit import detection_model
 
-#: CLIP's image normalisation (imported weights); a model trained here sees x / 127.5 - 1.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+#: CLIP's image normalisation (imported weights); a model trained here sees x / 127.5 - 1
+#: (and converts it itself when its config says `clip_pixels`).
+CLIP_MEAN, CLIP_STD = detection_model.CLIP_MEAN, detection_model.CLIP_STD
 TRAINED_MEAN, TRAINED_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 PAD_VALUE = 0.5  # grey, in [0, 1] pixels, before normalisation
 

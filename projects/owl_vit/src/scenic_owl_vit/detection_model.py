@@ -48,6 +48,9 @@ OWL_VIT_DEFAULTS = {
     "giou_loss_coef": 1.0,
 }
 DEFAULT_TEMPLATES = ("{}",)
+#: CLIP's image normalisation (mean and std of [0, 1] pixels).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class OWLViTDetector(owl_model.OWLViT):
@@ -59,9 +62,14 @@ class OWLViTDetector(owl_model.OWLViT):
     (from the 'dropout' rng), all T averaged at evaluation."""
 
     class_tokens: tuple | None = None
+    # Inputs come as the core's detection pipeline makes them, pixels in [-1, 1]; True
+    # converts them to CLIP's mean / std normalisation, which CLIP's weights expect.
+    clip_pixels: bool = False
 
     def __call__(self, inputs, train: bool = False):
         images = inputs["image"] if isinstance(inputs, dict) else inputs
+        if self.clip_pixels:
+            images = to_clip_pixels(images)
         tokens = inputs.get("text_tokens") if isinstance(inputs, dict) else None
         if tokens is not None:
             return super().__call__(images, tokens, train=train)
@@ -73,12 +81,21 @@ class OWLViTDetector(owl_model.OWLViT):
             choice = jax.random.randint(self.make_rng("dropout"), (num_classes,), 0, num_templates)
             return super().__call__(images, class_tokens[choice, jnp.arange(num_classes)],
                                     train=train)  # fmt: skip
+        # The logits averaged over templates are the logits of the mean of the templates'
+        # normalised embeddings (the class head is linear in the normalised query before
+        # its shift and scale): one [B, N, C] product instead of T of them.
         features = self.image_features(images, train)
         queries = self.text_embeddings(class_tokens.reshape(-1, class_tokens.shape[-1]), train)
+        queries = owl_model.normalize(queries).reshape(num_templates, num_classes, -1).mean(0)
         queries = jnp.broadcast_to(queries, (features.shape[0], *queries.shape))
-        out = self.heads(features, queries)
-        logits = out["pred_logits"].reshape(*out["pred_logits"].shape[:2], num_templates, -1)
-        return {**out, "pred_logits": logits.mean(axis=2)}
+        return self.heads(features, queries, queries_normalized=True)
+
+
+def to_clip_pixels(images):
+    """Pixels in [-1, 1] -> CLIP's normalisation ((x - mean) / std of [0, 1] pixels)."""
+    mean = jnp.asarray(CLIP_MEAN, images.dtype)
+    std = jnp.asarray(CLIP_STD, images.dtype)
+    return ((images + 1.0) / 2.0 - mean) / std
 
 
 def make_tokenizer(kind: str, path: str | None):

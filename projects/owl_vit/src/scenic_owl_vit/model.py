@@ -129,7 +129,7 @@ class ClassHead(nn.Module):
     dtype: jnp.dtype | None = None
 
     @nn.compact
-    def __call__(self, x, query_embeddings=None, query_mask=None):
+    def __call__(self, x, query_embeddings=None, query_mask=None, queries_normalized=False):
         class_embeddings = nn.Dense(self.embed_dim, dtype=self.dtype, name="dense0")(x)
         shift_init = nn.initializers.constant(self.logit_shift_bias_init)
         shift = nn.Dense(1, dtype=self.dtype, name="logit_shift", bias_init=shift_init)(x)
@@ -137,7 +137,9 @@ class ClassHead(nn.Module):
         if query_embeddings is None:
             return None, class_embeddings
         class_embeddings = normalize(class_embeddings)  # returned normalised, as both do
-        logits = jnp.einsum("...nd,...qd->...nq", class_embeddings, normalize(query_embeddings))
+        if not queries_normalized:
+            query_embeddings = normalize(query_embeddings)
+        logits = jnp.einsum("...nd,...qd->...nq", class_embeddings, query_embeddings)
         logits = (logits + shift) * (nn.elu(scale) + 1.0)
         if query_mask is not None:
             logits = jnp.where(query_mask[..., None, :] > 0, logits, self.padded_query_logit)
@@ -226,9 +228,12 @@ class OWLViT(nn.Module):
         """OWLv2: `[B, N]` logits that a token is an object, on stop-gradient features."""
         return self.objectness_head(jax.lax.stop_gradient(features))[..., 0].astype(jnp.float32)
 
-    def heads(self, features, query_embeddings=None, query_mask=None):
-        """The output dict of image features `[B, N, D]` and queries `[B, Q, E]`."""
-        logits, class_embeddings = self.class_head(features, query_embeddings, query_mask)
+    def heads(self, features, query_embeddings=None, query_mask=None, queries_normalized=False):
+        """The output dict of image features `[B, N, D]` and queries `[B, Q, E]`
+        (`queries_normalized`: used as given, not L2-normalised first)."""
+        logits, class_embeddings = self.class_head(
+            features, query_embeddings, query_mask, queries_normalized
+        )
         out = {"pred_boxes": self.boxes(features), "class_embeddings": class_embeddings}
         if logits is not None:
             out["pred_logits"] = logits

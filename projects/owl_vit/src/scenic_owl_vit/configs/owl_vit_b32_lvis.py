@@ -39,8 +39,9 @@ from `TRAINING_PROMPT_TEMPLATES` (the class name alone plus CLIP's 80 ImageNet
 templates, the original's `add_random_prompts`); the original's evaluator averages the
 logits of `EVAL_PROMPT_TEMPLATES` (CLIP's 7 best), as `scenic-owl-vit eval --workdir W
 --config owl_vit_b32_lvis:eval` (with the same path overrides) does; training's own
-evaluations average all 81 (81 x 1,203 text queries a batch: lower `eval_batch_size` if
-an accelerator runs out of memory).
+evaluations average all 81 (the text tower runs on 81 x 1,203 prompts for every eval
+batch: the logits are formed once from the templates' mean normalised embedding, but the
+embeddings are not cached across batches).
 
 Differences from the published recipe (what the core cannot do yet):
   - LVIS rare classes are NOT removed from the training annotations (the original's
@@ -55,8 +56,6 @@ Differences from the published recipe (what the core cannot do yet):
     towers (`scenic_baselines.clip`) have none;
   - the original's random crop keeping >= 60% of the image, then resize-with-pad, is
     approximated by scale jitter of the longer side in [1.0, 1.3] and an S x S crop;
-  - images reach the model scaled to [-1, 1] (the core's detection pipeline), not with
-    CLIP's mean / std normalisation that the CLIP weights were trained with;
   - evaluation runs in the training loop every 10,000 steps (the original evaluates
     saved checkpoints with a separate LVIS evaluator).
 """
@@ -140,7 +139,12 @@ def lvis_config(
     config.experiment_name = name
     config.model_name = "owl_vit"
     config.model = ml_collections.ConfigDict(
-        {"variant": variant, "logit_shift_bias_init": math.log(PRIOR_PROB / (1 - PRIOR_PROB))}
+        {
+            "variant": variant,
+            "logit_shift_bias_init": math.log(PRIOR_PROB / (1 - PRIOR_PROB)),
+            # The pipeline's [-1, 1] pixels -> CLIP's mean / std, as the weights expect.
+            "clip_pixels": True,
+        }
     )
     config.tokenizer = "clip"
     config.tokenizer_path = None  # placeholder: --config.tokenizer_path=<CLIP vocabulary>
