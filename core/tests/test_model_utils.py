@@ -389,7 +389,7 @@ def test_sigmoid_focal_loss_gradient_is_finite_at_saturated_logits():
     logits = jnp.array([40.0, -120.0, 0.0, -40.0])
     targets = jnp.array([1.0, 0.0, 1.0, 1.0])
     for gamma in (0.0, 2.0):
-        loss = lambda x: model_utils.sigmoid_focal_loss(x, targets, 0.5, gamma).sum()
+        loss = lambda x, g=gamma: model_utils.sigmoid_focal_loss(x, targets, 0.5, g).sum()
         grad = np.asarray(jax.grad(loss)(logits))
         assert np.all(np.isfinite(grad)), (gamma, grad)
         assert grad[3] < -0.49 * (gamma == 0) and grad[2] < 0  # positives pulled up

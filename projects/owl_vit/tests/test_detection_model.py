@@ -173,3 +173,34 @@ def test_clip_pixels_turns_pipeline_pixels_into_clip_normalisation(tiny):
         {"params": params}, {"image": pixels / 127.5 - 1, "text_tokens": tokens}
     )
     assert np.abs(unconverted["pred_boxes"] - plain["pred_boxes"]).max() > 1e-4
+
+
+def test_jitted_criterion_equals_eager(tiny):
+    """The eval path's loss and metrics jitted alone (no outputs returned, so XLA fuses the
+    class head into the criterion) equal the eager ones: with the queries broadcast over
+    the batch, XLA:CPU once compiled that product wrongly (docs/experiments/
+    owl_vit_digits.md)."""
+    model, params, images = tiny
+    batch = {
+        "inputs": {"image": images, "padding_mask": jnp.ones((2, 16, 16))},
+        "label": {
+            "labels": jnp.array([[1, 2], [0, 1]]),
+            "boxes": jnp.array(
+                [
+                    [[0.3, 0.3, 0.2, 0.2], [0.7, 0.6, 0.3, 0.2]],
+                    [[0.5, 0.5, 0.4, 0.4], [0.2, 0.7, 0.2, 0.3]],
+                ]
+            ),
+        },
+        "batch_mask": jnp.ones((2,)),
+    }
+
+    def metrics(p, b):
+        outputs = model.flax_model.apply({"params": p}, b["inputs"], train=False)
+        return model.loss_and_metrics(outputs, b, p)
+
+    eager_loss, eager = metrics(params, batch)
+    jit_loss, jitted = jax.jit(metrics)(params, batch)
+    np.testing.assert_allclose(jit_loss, eager_loss, rtol=1e-5)
+    for name in eager:
+        np.testing.assert_allclose(jitted[name][0], eager[name][0], rtol=1e-4, atol=1e-6)

@@ -87,7 +87,6 @@ class OWLViTDetector(owl_model.OWLViT):
         features = self.image_features(images, train)
         queries = self.text_embeddings(class_tokens.reshape(-1, class_tokens.shape[-1]), train)
         queries = owl_model.normalize(queries).reshape(num_templates, num_classes, -1).mean(0)
-        queries = jnp.broadcast_to(queries, (features.shape[0], *queries.shape))
         return self.heads(features, queries, queries_normalized=True)
 
 

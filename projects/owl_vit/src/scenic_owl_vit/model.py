@@ -139,7 +139,10 @@ class ClassHead(nn.Module):
         class_embeddings = normalize(class_embeddings)  # returned normalised, as both do
         if not queries_normalized:
             query_embeddings = normalize(query_embeddings)
-        logits = jnp.einsum("...nd,...qd->...nq", class_embeddings, query_embeddings)
+        if query_embeddings.ndim == 2:  # [Q, E] shared by the batch
+            logits = jnp.einsum("...nd,qd->...nq", class_embeddings, query_embeddings)
+        else:
+            logits = jnp.einsum("...nd,...qd->...nq", class_embeddings, query_embeddings)
         logits = (logits + shift) * (nn.elu(scale) + 1.0)
         if query_mask is not None:
             logits = jnp.where(query_mask[..., None, :] > 0, logits, self.padded_query_logit)
@@ -244,18 +247,17 @@ class OWLViT(nn.Module):
     def __call__(self, images, text_tokens=None, *, query_embeddings=None, query_mask=None,
                  train: bool = False):  # fmt: skip
         features = self.image_features(images, train)
-        batch = features.shape[0]
         if text_tokens is not None:
             if query_embeddings is not None:
                 raise ValueError("Give text_tokens or query_embeddings, not both.")
-            # Shared queries [Q, L] go through the text tower once, then broadcast.
+            # Shared queries [Q, L] go through the text tower once.
             query_embeddings = self.text_embeddings(text_tokens, train)
             if query_mask is None:
                 query_mask = text_tokens[..., 0] > 0
         if query_embeddings is not None:
-            if query_embeddings.ndim == 2:
-                query_embeddings = jnp.broadcast_to(query_embeddings,
-                                                    (batch, *query_embeddings.shape))  # fmt: skip
+            # Shared queries [Q, E] stay unbroadcast: the class head contracts them with
+            # every image (XLA:CPU was seen to miscompile the broadcast form's einsum when
+            # only some outputs are used, as in a jitted loss; see detection_model).
             if query_mask is None:
                 query_mask = jnp.any(query_embeddings != 0, axis=-1)
             query_mask = jnp.broadcast_to(query_mask, query_embeddings.shape[:-1])
