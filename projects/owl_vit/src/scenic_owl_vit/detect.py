@@ -164,13 +164,20 @@ class OpenVocabularyDetector:
         self.loaded, self.batch = loaded, batch
         self.canvas = int(loaded.module.image_size)
         module = loaded.module
+        # A trained model with `clip_pixels` converts [-1, 1] pixels itself in its own
+        # forward; the plain OWLViT methods used for free queries need it done here.
+        converts = getattr(module, "clip_pixels", False)
+        plain = detection_model.to_clip_pixels if converts else (lambda x: x)
 
         def detect(variables, images, queries, size, orig_size):
             if queries is None:  # a trained model's own classes and templates
                 outputs = module.apply(variables, {"image": images})
             else:
                 outputs = module.apply(
-                    variables, images, query_embeddings=queries, method=owl_model.OWLViT.__call__
+                    variables,
+                    plain(images),
+                    query_embeddings=queries,
+                    method=owl_model.OWLViT.__call__,
                 )
             scores, labels, boxes = detection_postprocess.top_k_detections(
                 outputs["pred_logits"], outputs["pred_boxes"], top_k, softmax=False
@@ -185,7 +192,7 @@ class OpenVocabularyDetector:
 
         def embed_image(variables, image, box):
             query, _, _ = module.apply(
-                variables, image, box, method=owl_model.OWLViT.embed_image_query
+                variables, plain(image), box, method=owl_model.OWLViT.embed_image_query
             )
             return query[:, 0]
 
