@@ -55,7 +55,7 @@ def bench_variant(variant: str, num_queries: int, batch: int, repeats: int, peak
     import jax
     import numpy as np
 
-    from scenic.common_lib import debug_utils
+    from scenic.common_lib import debug_utils, detect_command
     from scenic_owl_vit import detect
     from scenic_owl_vit import model as owl_model
 
@@ -73,7 +73,7 @@ def bench_variant(variant: str, num_queries: int, batch: int, repeats: int, peak
     detector(images, queries)
     compile_s = time.perf_counter() - start
 
-    canvas, hw = detect.letterbox(image, size, detect.CLIP_MEAN, detect.CLIP_STD)
+    canvas, _, hw = detect_command.letterbox(image, size, detect.CLIP_MEAN, detect.CLIP_STD)
     sizes = np.array([hw] * batch, np.int32)
     originals = np.array([image.shape[:2]] * batch, np.int32)
     args = (loaded.variables, np.stack([canvas] * batch), queries, sizes, originals)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from scenic.common_lib import detect_command
 from scenic.dataset_lib import digits_detection
 from scenic.model_lib import detection_postprocess
 from scenic_owl_vit import detect
@@ -66,7 +67,7 @@ def test_demo_trains_and_eval_reproduces_its_metrics(run):
 
 def expected_detections(module, variables, image, mean, std, queries, top_k):
     """The model's own top-k on the letterboxed image, in original pixels (NumPy)."""
-    canvas, (h, w) = detect.letterbox(image, module.image_size, mean, std)
+    canvas, _, (h, w) = detect_command.letterbox(image, module.image_size, mean, std)
     if queries is None:
         out = module.apply(variables, {"image": canvas[None]})
     else:

@@ -97,21 +97,95 @@ def load_image(path: pathlib.Path) -> np.ndarray:
         raise ValueError(str(error) or type(error).__name__) from None
 
 
-def letterbox(image: np.ndarray, canvas: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-    """The eval pipeline's input: the longer side resized to `canvas` (bilinear), the image in
-    the top-left of a zero canvas, pixels in [-1, 1]. Returns (image [S, S, 3] float32,
-    padding mask [S, S] float32, (height, width) inside the canvas)."""
+#: The normalisation of the data pipelines here: pixels / 127.5 - 1, i.e. mean and std 0.5
+#: on [0, 1] pixels. Imported weights may expect others (CLIP's, for OWL-ViT).
+PIPELINE_MEAN = PIPELINE_STD = (0.5, 0.5, 0.5)
+PAD_VALUE = 0.5  # grey on [0, 1] pixels, before normalisation: 0 after the pipelines' scaling
+
+
+def letterbox(image: np.ndarray, canvas: int, mean=PIPELINE_MEAN, std=PIPELINE_STD):
+    """The eval pipeline's input: the longer side resized to `canvas` (bilinear), the image
+    in the top-left of a grey square, pixels normalised by `mean` and `std` (on [0, 1]).
+    Returns (image [S, S, 3] float32, padding mask [S, S] float32, (height, width) inside
+    the canvas)."""
     from PIL import Image
 
     height, width = image.shape[:2]
     scale = canvas / max(height, width)
     new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
     resized = Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR)
-    out = np.zeros((canvas, canvas, 3), np.float32)
-    out[:new_h, :new_w] = np.asarray(resized, np.float32) / 127.5 - 1.0
+    out = np.full((canvas, canvas, 3), PAD_VALUE, np.float32)
+    out[:new_h, :new_w] = np.asarray(resized, np.float32) / 255.0
+    out = (out - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     mask = np.zeros((canvas, canvas), np.float32)
     mask[:new_h, :new_w] = 1.0
     return out, mask, (new_h, new_w)
+
+
+def padded_batch(arrays: list[np.ndarray], batch: int) -> np.ndarray:
+    """`arrays` stacked and padded with zeros to `batch` rows (one compiled size)."""
+    stacked = np.stack(arrays)
+    return np.concatenate([stacked, np.zeros((batch - len(arrays), *stacked.shape[1:]),
+                                             stacked.dtype)])  # fmt: skip
+
+
+def as_detections(scores, labels, boxes, count: int) -> list[list[dict]]:
+    """Top-k arrays [B, K] / [B, K, 4] (pixels) as per-image lists of detection records,
+    for the first `count` (real, not padding) images."""
+    scores, labels, boxes = (np.asarray(x) for x in (scores, labels, boxes))
+    return [
+        [
+            {
+                "box_xyxy": [round(float(v), 2) for v in boxes[i, j]],
+                "score": float(scores[i, j]),
+                "label": int(labels[i, j]),
+            }
+            for j in range(scores.shape[1])
+        ]
+        for i in range(count)
+    ]
+
+
+def detect_files(paths, detect_batch, *, batch: int, out: pathlib.Path, threshold: float,
+                 label_name, prog: str) -> int:  # fmt: skip
+    """Runs `detect_batch(images)` (uint8 images, at most `batch`; returns each one's
+    detections) over the image files in batches, keeps detections scoring >= `threshold`,
+    names their labels by `label_name(label)`, writes `out/<name>.json` and `.png` per
+    image (a repeated file name gets a suffix), and prints the summary line. Unreadable
+    files are named on stderr and skipped. Returns the exit code: 0, or EXIT_SKIPPED."""
+    out.mkdir(parents=True, exist_ok=True)
+    progress = Progress(len(paths))
+    pending: list[tuple[pathlib.Path, np.ndarray]] = []
+    stems: dict[str, int] = {}
+    done = skipped = 0
+
+    def flush():
+        nonlocal done
+        for (path, image), detections in zip(pending, detect_batch([im for _, im in pending])):
+            kept = [d for d in detections if d["score"] >= threshold]
+            for d in kept:
+                d["label_name"] = label_name(d["label"])
+            stems[path.stem] = stems.get(path.stem, 0) + 1
+            stem = path.stem if stems[path.stem] == 1 else f"{path.stem}_{stems[path.stem]}"
+            write_outputs(out / stem, path, image, kept)
+            done += 1
+            progress.update(done + skipped)
+        pending.clear()
+
+    for path in paths:
+        try:
+            pending.append((path, load_image(path)))
+        except ValueError as error:
+            skipped += 1
+            progress.clear()
+            print(f"{prog}: skipped {path}: not a readable image ({error}).", file=sys.stderr)
+        if len(pending) == batch:
+            flush()
+    if pending:
+        flush()
+    progress.clear()
+    print(f"{done} image(s) -> {out}" + (f"; {skipped} skipped" if skipped else "") + ".")
+    return EXIT_SKIPPED if skipped else 0
 
 
 def run(args, context) -> int:
@@ -128,41 +202,16 @@ def run(args, context) -> int:
         )
     detector = Detector(trained, args.batch, args.top_k)
     out = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / "detect"
-    out.mkdir(parents=True, exist_ok=True)
     names = trained.model.dataset_meta_data.get("class_names")
-    skipped, done = 0, 0
-    progress = Progress(len(paths))
-    pending: list[tuple[pathlib.Path, np.ndarray]] = []
-    stems: dict[str, int] = {}  # outputs of images with the same name get a suffix
-
-    def flush():
-        nonlocal done
-        for (path, image), detections in zip(pending, detector([im for _, im in pending])):
-            kept = [d for d in detections if d["score"] >= args.threshold]
-            for d in kept:
-                d["label_name"] = names[d["label"]] if names else str(d["label"])
-            stems[path.stem] = stems.get(path.stem, 0) + 1
-            stem = path.stem if stems[path.stem] == 1 else f"{path.stem}_{stems[path.stem]}"
-            write_outputs(out / stem, path, image, kept)
-            done += 1
-            progress.update(done + skipped)
-        pending.clear()
-
-    for path in paths:
-        try:
-            pending.append((path, load_image(path)))
-        except ValueError as error:
-            skipped += 1
-            progress.clear()
-            print(
-                f"{context.prog}: skipped {path}: not a readable image ({error}).", file=sys.stderr
-            )
-        if len(pending) == args.batch:
-            flush()
-    flush()
-    progress.clear()
-    print(f"{done} image(s) -> {out}" + (f"; {skipped} skipped" if skipped else "") + ".")
-    return EXIT_SKIPPED if skipped else 0
+    return detect_files(
+        paths,
+        detector,
+        batch=args.batch,
+        out=out,
+        threshold=args.threshold,
+        label_name=lambda label: names[label] if names else str(label),
+        prog=context.prog,
+    )
 
 
 class Detector:
@@ -199,30 +248,15 @@ class Detector:
         if not images:
             return []
         canvases, masks, sizes = zip(*(letterbox(image, self.canvas) for image in images))
-        count, pad = len(images), self.batch - len(images)
-        stack = lambda xs: np.concatenate(
-            [np.stack(xs), np.zeros((pad, *xs[0].shape), xs[0].dtype)]
-        )
+        stack = lambda xs: padded_batch(list(xs), self.batch)
         image_batch, mask_batch = stack(canvases), stack(masks)
         size = stack([np.asarray(s, np.int32) for s in sizes])
         orig = stack([np.asarray(im.shape[:2], np.int32) for im in images])
         inputs = (
             {"image": image_batch, "padding_mask": mask_batch} if self.dict_inputs else image_batch
         )
-        scores, labels, boxes = (
-            np.asarray(x) for x in self._detect(self.trained.variables, inputs, size, orig)
-        )
-        return [
-            [
-                {
-                    "box_xyxy": [round(float(v), 2) for v in boxes[i, j]],
-                    "score": float(scores[i, j]),
-                    "label": int(labels[i, j]),
-                }
-                for j in range(scores.shape[1])
-            ]
-            for i in range(count)
-        ]
+        outputs = self._detect(self.trained.variables, inputs, size, orig)
+        return as_detections(*outputs, count=len(images))
 
 
 def write_outputs(stem: pathlib.Path, path: pathlib.Path, image: np.ndarray, detections) -> None:

@@ -24,18 +24,16 @@ drawn. Exit codes as the core's `detect`: 2 bad input before any work, 3 some fi
 from __future__ import annotations
 
 import pathlib
-import sys
 
 import numpy as np
 
 from scenic.common_lib import detect_command
 from scenic_owl_vit import detection_model
 
-#: CLIP's image normalisation (imported weights); a model trained here sees x / 127.5 - 1
-#: (and converts it itself when its config says `clip_pixels`).
+#: CLIP's image normalisation (imported weights); a model trained here sees the pipelines'
+#: x / 127.5 - 1 (and converts it itself when its config says `clip_pixels`).
 CLIP_MEAN, CLIP_STD = detection_model.CLIP_MEAN, detection_model.CLIP_STD
-TRAINED_MEAN, TRAINED_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-PAD_VALUE = 0.5  # grey, in [0, 1] pixels, before normalisation
+TRAINED_MEAN, TRAINED_STD = detect_command.PIPELINE_MEAN, detect_command.PIPELINE_STD
 
 
 def command():
@@ -64,21 +62,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", default=None, help="a step of --workdir (default latest)")
     parser.add_argument("--batch", type=int, default=1, help="images per forward pass")
     parser.add_argument("--top-k", type=int, default=100, help="detections kept per image")
-
-
-def letterbox(image: np.ndarray, canvas: int, mean, std):
-    """(image [S, S, 3] float32 normalised, (height, width) inside the canvas): the longer
-    side resized to `canvas` (bilinear), in the top-left of a grey square."""
-    from PIL import Image
-
-    height, width = image.shape[:2]
-    scale = canvas / max(height, width)
-    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
-    resized = Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR)
-    out = np.full((canvas, canvas, 3), PAD_VALUE, np.float32)
-    out[:new_h, :new_w] = np.asarray(resized, np.float32) / 255.0
-    out = (out - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return out, (new_h, new_w)
 
 
 def parse_box(value: str | None, image: np.ndarray):
@@ -205,38 +188,25 @@ class OpenVocabularyDetector:
         return self._embed_text(self.loaded.variables, tokens)
 
     def image_query(self, image: np.ndarray, box):
-        canvas, _ = letterbox(image, self.canvas, self.loaded.mean, self.loaded.std)
+        canvas, _, _ = detect_command.letterbox(
+            image, self.canvas, self.loaded.mean, self.loaded.std
+        )
         box = None if box is None else box[None]
         return self._embed_image(self.loaded.variables, canvas[None], box)
 
     def __call__(self, images: list[np.ndarray], queries) -> list[list[dict]]:
         if not images:
             return []
-        prepared = [letterbox(im, self.canvas, self.loaded.mean, self.loaded.std) for im in images]
-        pad = self.batch - len(images)
-
-        def stack(xs):
-            xs = np.stack(xs)
-            return np.concatenate([xs, np.zeros((pad, *xs.shape[1:]), xs.dtype)])
-
-        canvases = stack([c for c, _ in prepared])
-        size = stack([np.asarray(s, np.int32) for _, s in prepared])
-        orig = stack([np.asarray(im.shape[:2], np.int32) for im in images])
-        scores, labels, boxes = (
-            np.asarray(x)
-            for x in self._detect(self.loaded.variables, canvases, queries, size, orig)
-        )
-        return [
-            [
-                {
-                    "box_xyxy": [round(float(v), 2) for v in boxes[i, j]],
-                    "score": float(scores[i, j]),
-                    "label": int(labels[i, j]),
-                }
-                for j in range(scores.shape[1])
-            ]
-            for i in range(len(images))
+        prepared = [
+            detect_command.letterbox(im, self.canvas, self.loaded.mean, self.loaded.std)
+            for im in images
         ]
+        stack = lambda xs: detect_command.padded_batch(xs, self.batch)
+        canvases = stack([canvas for canvas, _, _ in prepared])
+        size = stack([np.asarray(s, np.int32) for _, _, s in prepared])
+        orig = stack([np.asarray(im.shape[:2], np.int32) for im in images])
+        outputs = self._detect(self.loaded.variables, canvases, queries, size, orig)
+        return detect_command.as_detections(*outputs, count=len(images))
 
 
 def run(args, context) -> int:
@@ -267,37 +237,12 @@ def run(args, context) -> int:
     else:
         names, queries = list(loaded.base_model.dataset_meta_data["class_names"]), None
     default_out = pathlib.Path(args.workdir or args.weights) / "detect"
-    out = pathlib.Path(args.out) if args.out else default_out
-    out.mkdir(parents=True, exist_ok=True)
-    progress = detect_command.Progress(len(paths))
-    pending, stems, done, skipped = [], {}, 0, 0
-
-    def flush():
-        nonlocal done
-        batch = detector([im for _, im in pending], queries)
-        for (path, image), detections in zip(pending, batch):
-            kept = [d for d in detections if d["score"] >= args.threshold]
-            for d in kept:
-                d["label_name"] = names[d["label"]]
-            stems[path.stem] = stems.get(path.stem, 0) + 1
-            stem = path.stem if stems[path.stem] == 1 else f"{path.stem}_{stems[path.stem]}"
-            detect_command.write_outputs(out / stem, path, image, kept)
-            done += 1
-            progress.update(done + skipped)
-        pending.clear()
-
-    for path in paths:
-        try:
-            pending.append((path, detect_command.load_image(path)))
-        except ValueError as error:
-            skipped += 1
-            progress.clear()
-            print(f"{context.prog}: skipped {path}: not a readable image ({error}).",
-                  file=sys.stderr)  # fmt: skip
-        if len(pending) == args.batch:
-            flush()
-    if pending:
-        flush()
-    progress.clear()
-    print(f"{done} image(s) -> {out}" + (f"; {skipped} skipped" if skipped else "") + ".")
-    return detect_command.EXIT_SKIPPED if skipped else 0
+    return detect_command.detect_files(
+        paths,
+        lambda images: detector(images, queries),
+        batch=args.batch,
+        out=pathlib.Path(args.out) if args.out else default_out,
+        threshold=args.threshold,
+        label_name=names.__getitem__,
+        prog=context.prog,
+    )
