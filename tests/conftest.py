@@ -41,7 +41,9 @@ REFERENCE_RUN = [
 def run_cli(*args, devices=1, timeout=600):
     """Runs `python -m scenic_baselines.cli ARGS` with `devices` CPU devices."""
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
+    )
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     return subprocess.run(
         [sys.executable, "-m", "scenic_baselines.cli", *args],

@@ -40,7 +40,7 @@ sys.exit(main(sys.argv[1:]))
 
 def popen_cli(args, script=None, env_extra=None):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env_extra or {}))
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    env["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=1"
     command = (
         [sys.executable, "-c", script, *args]
         if script

@@ -209,7 +209,8 @@ def plan_env(devices: int, cache=None) -> dict:
     env = dict(
         os.environ,
         TF_CPP_MIN_LOG_LEVEL="2",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
+        + f" --xla_force_host_platform_device_count={devices}",
     )
     if cache:
         env.update(

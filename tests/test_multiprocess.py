@@ -44,7 +44,8 @@ def start(args, devices):
     env = dict(
         os.environ,
         TF_CPP_MIN_LOG_LEVEL="2",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
+        + f" --xla_force_host_platform_device_count={devices}",
     )
     return subprocess.Popen(
         [sys.executable, "-c", WORKER, *args],

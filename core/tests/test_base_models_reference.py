@@ -455,7 +455,9 @@ def run_pmap_cases() -> dict:
 @pytest.fixture(scope="module")
 def pmap_results():
     env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu"
+        os.environ,
+        XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2",
+        JAX_PLATFORMS="cpu",
     )
     done = subprocess.run(
         [sys.executable, __file__], env=env, capture_output=True, text=True, timeout=300

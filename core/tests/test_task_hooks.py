@@ -412,7 +412,9 @@ def two_device_detection(tmp_path_factory, detection_data):
     """Parameters after 3 steps in a 2-device process: the model and the negative control."""
     out = tmp_path_factory.mktemp("two_devices")
     env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu"
+        os.environ,
+        XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2",
+        JAX_PLATFORMS="cpu",
     )
     done = subprocess.run(
         [sys.executable, __file__, detection_data, str(out)],

@@ -234,8 +234,11 @@ def test_contrastive_loss_gathers_the_global_batch_across_two_devices(tmp_path):
     image, text = random_embeddings(1, batch=8)
     path = tmp_path / "embeddings.npz"
     np.savez(path, image=image, text=text)
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-           "JAX_PLATFORMS": "cpu"}  # fmt: skip
+    env = {
+        **os.environ,
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2",
+        "JAX_PLATFORMS": "cpu",
+    }
     code = f"PATH = {str(path)!r}\n" + _PMAP_CHECK
     result = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120

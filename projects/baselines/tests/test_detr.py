@@ -257,7 +257,9 @@ def loss_gradients(per_device_batch):
 @pytest.fixture(scope="module")
 def two_device_gradients(tmp_path_factory):
     env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu"
+        os.environ,
+        XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2",
+        JAX_PLATFORMS="cpu",
     )
     done = subprocess.run(
         [sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600
