@@ -30,7 +30,10 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 #: Trace events that are not XLA operations (executor bookkeeping, Python frames).
-NOT_OPS = ("ThunkExecutor", "$", "SlinkyThreadPool", "end: ", "PjitFunction", "CommonPjRt")
+NOT_OPS = (
+    "ThunkExecutor", "$", "SlinkyThreadPool", "end: ", "PjitFunction", "CommonPjRt",
+    "ParseArguments",
+)  # fmt: skip
 
 
 def trace_events(folder: str) -> list[dict]:
@@ -71,7 +74,8 @@ def main() -> None:
 
     bench_trainer.setup()
     step, state, batch, _ = bench_vs_timm.bare_step(args.model, bench_trainer.NUM_CLASSES)
-    hlo = step.lower(state, batch).compile().as_text()
+    step = step.lower(state, batch).compile()  # compiled once: its HLO names the thunks
+    hlo = step.as_text()
     for _ in range(2):
         state, _, _ = step(state, batch)
     jax.block_until_ready(state)
@@ -89,11 +93,11 @@ def main() -> None:
     for event in events:
         if event.get("ph") == "X" and not event["name"].startswith(NOT_OPS):
             per_thunk[event["name"]] += event.get("dur", 0) / 1e3 / args.steps  # ms per step
+    kind_of = {name: re.sub(r"\.\d+$", "", name) for name in per_thunk}
     kinds, kind_counts = collections.Counter(), collections.Counter()
     for name, ms in per_thunk.items():
-        kind = re.sub(r"\.\d+$", "", name)
-        kinds[kind] += ms
-        kind_counts[kind] += 1
+        kinds[kind_of[name]] += ms
+        kind_counts[kind_of[name]] += 1
     print(
         f"{args.model}: {jax.devices()[0].device_kind}, jax {jax.__version__}; "
         f"step {wall * 1e3:.0f} ms wall while traced, {sum(per_thunk.values()):.0f} ms of "
@@ -106,7 +110,7 @@ def main() -> None:
     logical, counts = collections.Counter(), collections.Counter()
     for name, ms in per_thunk.items():
         shape, source = names.get(name, ("?", "?"))
-        key = (re.sub(r"\.\d+$", "", name), shape, source)
+        key = (kind_of[name], shape, source)
         logical[key] += ms
         counts[key] += 1
     print(f"\ncostliest {args.top} logical operations (ms per step, thunks, kind, output, source):")
