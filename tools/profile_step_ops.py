@@ -63,12 +63,15 @@ def main() -> None:
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true"
     )
+    import bench_trainer
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--model", default="reference")
-    parser.add_argument("--steps", type=int, default=3, help="traced steps")
+    parser.add_argument("--model", default="reference", choices=bench_trainer.BENCHES)
+    parser.add_argument("--steps", type=int, default=3, help="traced steps, >= 1")
     parser.add_argument("--top", type=int, default=30, help="logical operations listed")
     args = parser.parse_args()
-    import bench_trainer
+    if args.steps < 1 or args.top < 1:
+        parser.error("--steps and --top must be >= 1")
     import bench_vs_timm
     import jax
 
