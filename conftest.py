@@ -17,3 +17,11 @@ os.environ.setdefault(
 )
 # Only computations that take a while to compile: reading many tiny entries back is no faster.
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+# LLVM level 1 instead of 3 for XLA:CPU: about half the compile time of the tiny programs the
+# tests compile, with the same step speed at these sizes (docs/experiments/test_suite_time.md).
+# Level 0 is faster still but changes results (a NaN in the UNet test). Kept when XLA_FLAGS
+# already names a level; subprocesses inherit it.
+if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=1"
+    ).strip()
