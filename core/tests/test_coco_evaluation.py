@@ -394,7 +394,7 @@ def fixed_state():
 
 @functools.cache
 def pmapped_eval_step(model):
-    return jax.pmap(lambda s, b: steps.eval_step(s, b, model=model), axis_name=steps.AXIS)
+    return jax.pmap(functools.partial(steps.eval_step, model=model), axis_name=steps.AXIS)
 
 
 def run_evaluate(model, batches):

@@ -2,6 +2,8 @@
 per-class accuracy against scikit-learn's recall, and the trainer's evaluate() dropping
 padded examples before computing them."""
 
+import functools
+
 import jax
 import ml_collections
 import numpy as np
@@ -72,7 +74,7 @@ def run_evaluate(model, batches):
     state = TrainState(
         step=np.zeros((), np.int32), params={}, opt_state={}, model_state={}, rng=np.zeros(2)
     )
-    p_eval = jax.pmap(lambda s, b: steps.eval_step(s, b, model=model), axis_name=steps.AXIS)
+    p_eval = jax.pmap(functools.partial(steps.eval_step, model=model), axis_name=steps.AXIS)
     return evaluation.evaluate(p_eval, replicate(state), batches, 1, model)
 
 

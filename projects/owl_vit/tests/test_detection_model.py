@@ -69,6 +69,24 @@ def test_eval_logits_average_every_template(tiny):
     assert np.abs(templates[0] - templates[1]).max() > 1e-3  # the average is not any one
 
 
+def test_eval_queries_computed_once_per_pass_give_the_same_outputs(tiny):
+    model, params, images = tiny
+    variables = {"params": params}
+    queries = jax.jit(model.eval_constants)(variables)
+    assert queries.shape == (len(NAMES), TINY["embed_dim"])
+    cached = jax.jit(model.eval_apply)(variables, {"image": images}, queries)
+    direct = jax.jit(lambda x: model.flax_model.apply(variables, {"image": x}))(images)
+    for key in ("pred_logits", "pred_boxes"):
+        np.testing.assert_allclose(cached[key], direct[key], rtol=1e-6, atol=1e-6)
+    # Other parameters give other queries: they are not frozen at the first pass's.
+    shifted = jax.tree.map(lambda x: x * 1.5, params)
+    assert np.abs(jax.jit(model.eval_constants)({"params": shifted}) - queries).max() > 1e-3
+    # Queries in the batch still win over the class names' cached ones.
+    tokens = model.tokenize(["seven"])
+    out = model.eval_apply(variables, {"image": images, "text_tokens": tokens}, queries)
+    assert out["pred_logits"].shape == (2, 4, 1)
+
+
 def test_training_draws_one_template_per_class(tiny):
     model, params, images = tiny
     templates = per_template_logits(model, params, images)

@@ -1,6 +1,8 @@
 """Base models: registry wiring, and the multi-head model's loss and metrics against NumPy
 float64."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -173,7 +175,7 @@ def test_multihead_per_class_accuracy_through_the_trainers_evaluate():
     state = TrainState(
         step=np.zeros((), np.int32), params={}, opt_state={}, model_state={}, rng=np.zeros(2)
     )
-    p_eval = jax.pmap(lambda s, b: steps.eval_step(s, b, model=model), axis_name=steps.AXIS)
+    p_eval = jax.pmap(functools.partial(steps.eval_step, model=model), axis_name=steps.AXIS)
     metrics = evaluation.evaluate(p_eval, replicate(state), batches, 1, model)
     for head, (name, columns) in enumerate((("verb", slice(0, 2)), ("noun", slice(2, 5)))):
         predicted, truth = logits[:6, columns].argmax(-1), labels[:6, head]

@@ -25,10 +25,13 @@ def evaluate(
     p_eval_step, state, batches, prefetch: int, model, layout=layouts.PMAP
 ) -> dict[str, float]:
     """One pass over `batches` (an iterable of padded host batches) -> metrics, with the
-    eval step compiled for `layout` (the trainer's `layouts` object; pmap by default)."""
+    eval step compiled for `layout` (the trainer's `layouts` object; pmap by default) and
+    called as `p_eval_step(state, batch, constants)`, the model's `eval_constants` computed
+    once for the pass."""
     pairs, totals, examples = [], None, []
+    constants = constants_step(model, layout)(state)
     for batch in layout.device_batches(iter(batches), prefetch):
-        batch_pairs, batch_totals, batch_examples = p_eval_step(state, batch)
+        batch_pairs, batch_totals, batch_examples = p_eval_step(state, batch, constants)
         pairs.append(batch_pairs)
         batch_totals = layout.host_totals(batch_totals)
         totals = batch_totals if totals is None else jax.tree.map(np.add, totals, batch_totals)
@@ -47,6 +50,13 @@ def evaluate(
         examples = {k: v[real] for k, v in examples.items()}
     metrics.update(model.global_metrics(totals or {}, examples or {}))
     return metrics
+
+
+@functools.lru_cache(maxsize=8)
+def constants_step(model, layout):
+    """`steps.eval_constants` compiled for `layout`, once per (model, layout): a pass runs
+    it on the state it evaluates, so the constants are never those of older parameters."""
+    return layout.eval_step(functools.partial(steps.eval_constants, model=model))
 
 
 def evaluate_splits(

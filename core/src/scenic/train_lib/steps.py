@@ -142,10 +142,20 @@ def eval_variables(state: TrainState) -> dict:
     return {"params": params, **state.model_state}
 
 
-def eval_step(state: TrainState, batch, *, model, dtype=jnp.float32, axis_name=AXIS):
-    """(sum, normalizer) metrics, eval totals and per-example outputs of one batch."""
+def eval_constants(state: TrainState, *, model, axis_name=AXIS):
+    """`model.eval_constants` of the evaluated variables: run once per evaluation pass, its
+    result given to every batch's `eval_step` (`constants`)."""
+    del axis_name
+    return model.eval_constants(eval_variables(state))
+
+
+def eval_step(
+    state: TrainState, batch, constants=None, *, model, dtype=jnp.float32, axis_name=AXIS
+):
+    """(sum, normalizer) metrics, eval totals and per-example outputs of one batch;
+    `constants` are this pass's `eval_constants` (None for most models)."""
     batch = precision.cast_inputs(batch, dtype)
-    outputs = model.flax_model.apply(eval_variables(state), batch["inputs"], train=False)
+    outputs = model.eval_apply(eval_variables(state), batch["inputs"], constants)
     return eval_outputs(model, precision.to_float32(outputs), batch, axis_name)
 
 
@@ -161,7 +171,9 @@ def eval_outputs(model, outputs, batch, axis_name=AXIS):
     )
 
 
-def multiview_eval_step(state: TrainState, batch, *, model, dtype=jnp.float32, axis_name=AXIS):
+def multiview_eval_step(
+    state: TrainState, batch, constants=None, *, model, dtype=jnp.float32, axis_name=AXIS
+):
     """Like `eval_step` for inputs [B, V, ...] (V views of each example, e.g. temporal
     clips x spatial crops of a video; every modality of a dict has the same V): the model
     sees all B * V views at once and its outputs are averaged over each example's views."""
@@ -174,7 +186,7 @@ def multiview_eval_step(state: TrainState, batch, *, model, dtype=jnp.float32, a
     ((num_examples, num_views),) = shapes
     flat = {**batch, "inputs": jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), inputs)}
     flat = precision.cast_inputs(flat, dtype)
-    outputs = model.flax_model.apply(eval_variables(state), flat["inputs"], train=False)
+    outputs = model.eval_apply(eval_variables(state), flat["inputs"], constants)
     outputs = jax.tree.map(
         lambda y: average_views(y, num_examples, num_views), precision.to_float32(outputs)
     )

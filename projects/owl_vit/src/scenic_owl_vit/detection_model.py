@@ -8,7 +8,9 @@ templates, and the class logits are the image tokens' similarities to those quer
 
   training    each step draws one template per class (the original's random prompts), so
               the text tower sees every template over time;
-  evaluation  the logits of every template are averaged (an ensemble of prompts);
+  evaluation  the logits of every template are averaged (an ensemble of prompts); the
+              class names' queries are computed once per evaluation pass
+              (`eval_constants`), not once per batch;
   any time    a batch may bring its own queries: `inputs['text_tokens']` `[Q, L]` or
               `[B, Q, L]` (ids from the model's tokenizer) replace the class names; the
               `detect` verb uses them for free-text queries.
@@ -66,28 +68,42 @@ class OWLViTDetector(owl_model.OWLViT):
     # converts them to CLIP's mean / std normalisation, which CLIP's weights expect.
     clip_pixels: bool = False
 
-    def __call__(self, inputs, train: bool = False):
+    def __call__(self, inputs, train: bool = False, class_queries=None):
+        """`class_queries`: `self.class_queries()` computed beforehand (evaluation computes
+        them once per pass); without them they are computed here."""
         images = inputs["image"] if isinstance(inputs, dict) else inputs
         if self.clip_pixels:
             images = to_clip_pixels(images)
         tokens = inputs.get("text_tokens") if isinstance(inputs, dict) else None
         if tokens is not None:
             return super().__call__(images, tokens, train=train)
+        if class_queries is None:
+            class_tokens = self.checked_class_tokens()
+            num_templates, num_classes = class_tokens.shape[:2]
+            if train and num_templates > 1:
+                choice = jax.random.randint(
+                    self.make_rng("dropout"), (num_classes,), 0, num_templates
+                )
+                return super().__call__(images, class_tokens[choice, jnp.arange(num_classes)],
+                                        train=train)  # fmt: skip
+            class_queries = self.class_queries(train)
+        features = self.image_features(images, train)
+        return self.heads(features, class_queries, queries_normalized=True)
+
+    def class_queries(self, train: bool = False):
+        """`[C, E]`: each class name's query, the mean of its T templates' normalised text
+        embeddings. The logits averaged over templates are the logits of this mean (the
+        class head is linear in the normalised query before its shift and scale): one
+        `[B, N, C]` product instead of T of them."""
+        class_tokens = self.checked_class_tokens()
+        num_templates, num_classes = class_tokens.shape[:2]
+        queries = self.text_embeddings(class_tokens.reshape(-1, class_tokens.shape[-1]), train)
+        return owl_model.normalize(queries).reshape(num_templates, num_classes, -1).mean(0)
+
+    def checked_class_tokens(self):
         if self.class_tokens is None:
             raise ValueError("OWLViTDetector: no text_tokens in the inputs and no class_tokens.")
-        class_tokens = jnp.asarray(self.class_tokens, jnp.int32)  # [T, C, L]
-        num_templates, num_classes = class_tokens.shape[:2]
-        if train and num_templates > 1:
-            choice = jax.random.randint(self.make_rng("dropout"), (num_classes,), 0, num_templates)
-            return super().__call__(images, class_tokens[choice, jnp.arange(num_classes)],
-                                    train=train)  # fmt: skip
-        # The logits averaged over templates are the logits of the mean of the templates'
-        # normalised embeddings (the class head is linear in the normalised query before
-        # its shift and scale): one [B, N, C] product instead of T of them.
-        features = self.image_features(images, train)
-        queries = self.text_embeddings(class_tokens.reshape(-1, class_tokens.shape[-1]), train)
-        queries = owl_model.normalize(queries).reshape(num_templates, num_classes, -1).mean(0)
-        return self.heads(features, queries, queries_normalized=True)
+        return jnp.asarray(self.class_tokens, jnp.int32)  # [T, C, L]
 
 
 def to_clip_pixels(images):
@@ -169,6 +185,17 @@ class OwlViTDetectionModel(DetectionModel):
             # Nested tuples: a hashable module attribute, like every other one.
             tokens = tuple(tuple(map(tuple, template)) for template in ids.tolist())
         return OWLViTDetector(class_tokens=tokens, **kwargs)
+
+    def eval_constants(self, variables):
+        """The class names' queries (`OWLViTDetector.class_queries`), once per evaluation
+        pass: the text tower runs on templates x classes (LVIS: 1,203 names) once a pass,
+        not once a batch."""
+        if self.flax_model.class_tokens is None:
+            return None
+        return self.flax_model.apply(variables, method=OWLViTDetector.class_queries)
+
+    def eval_apply(self, variables, inputs, constants=None):
+        return self.flax_model.apply(variables, inputs, train=False, class_queries=constants)
 
     def tokenize(self, texts) -> np.ndarray:
         """`[Q, L]` token ids of free-text queries, at the text tower's context length."""

@@ -54,6 +54,20 @@ class BaseModel:
         also computes diagnostics (MBT's single-modality logits) leaves them out here."""
         return self.flax_model.apply(variables, inputs, train=False)
 
+    def eval_constants(self, variables):
+        """What every eval batch's forward pass shares and no batch changes, computed once per
+        evaluation pass from the evaluated variables and handed to `eval_apply` (OWL-ViT: the
+        class names' query embeddings, prompt templates x classes through the text tower,
+        which would otherwise run again for every batch). Default: None."""
+        del variables
+        return None
+
+    def eval_apply(self, variables, inputs, constants=None):
+        """The eval forward pass of one batch, given this pass's `eval_constants`. Default:
+        the module in eval mode (`constants` unused)."""
+        del constants
+        return self.flax_model.apply(variables, inputs, train=False)
+
     def loss_and_metrics(self, outputs, batch, model_params=None, axis_name: str | None = None):
         """(loss, metrics) of one training step, from one pass over the outputs.
 
