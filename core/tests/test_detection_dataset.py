@@ -278,8 +278,12 @@ def test_bad_arguments_and_unprepared_data(tmp_path):
         build_coco(data_dir=str(tmp_path), min_scale=2.0, max_scale=1.0)
 
 
-def test_lvis_style_category_lists_are_carried(tmp_path):
-    names = ["a", "b", "c", "d", "e"]
+LVIS_NAMES = ["a", "b", "c", "d", "e"]
+
+
+def write_tiny_lvis(directory, labels, neg, not_exhaustive, names=LVIS_NAMES):
+    """A TFDS data set with LVIS's features (train = validation): image i holds one box per
+    entry of `labels[i]` and the category lists `neg[i]`, `not_exhaustive[i]`."""
     features = tfds.features.FeaturesDict(
         {
             "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
@@ -299,11 +303,13 @@ def test_lvis_style_category_lists_are_carried(tmp_path):
             ),
         }
     )
-    neg = [[1, 4], [], [0, 1, 2, 3, 4]]
-    not_exhaustive = [[2], [0, 3], []]
 
     def examples():
-        for i in range(3):
+        for i, image_labels in enumerate(labels):
+            n = len(image_labels)
+            # Side by side, each 0.1 wide: every box survives the resize.
+            x0 = 0.1 * np.arange(n, dtype=np.float32)
+            bbox = np.stack([np.full(n, 0.1), x0, np.full(n, 0.5), x0 + 0.1], 1)
             yield (
                 i,
                 {
@@ -312,11 +318,11 @@ def test_lvis_style_category_lists_are_carried(tmp_path):
                     "neg_category_ids": neg[i],
                     "not_exhaustive_category_ids": not_exhaustive[i],
                     "objects": {
-                        "bbox": np.array([[0.1, 0.2, 0.5, 0.6]], np.float32),
-                        "label": [i],
-                        "area": [7],
-                        "id": [i],
-                        "segmentation": np.zeros((1, 8, 12, 1), np.uint8),
+                        "bbox": bbox.astype(np.float32).reshape(n, 4),
+                        "label": image_labels,
+                        "area": [7] * n,
+                        "id": list(range(n)),
+                        "segmentation": np.zeros((n, 8, 12, 1), np.uint8),
                     },
                 },
             )
@@ -326,10 +332,16 @@ def test_lvis_style_category_lists_are_carried(tmp_path):
         "1.0.0",
         features,
         {"train": examples(), "validation": examples()},
-        str(tmp_path),
+        str(directory),
     )
+
+
+def test_lvis_style_category_lists_are_carried(tmp_path):
+    neg = [[1, 4], [], [0, 1, 2, 3, 4]]
+    not_exhaustive = [[2], [0, 3], []]
+    write_tiny_lvis(tmp_path, [[0], [1], [2]], neg, not_exhaustive)
     ds = build_coco(data_dir=str(tmp_path), tfds_name="tiny_lvis", eval_batch_size=4, max_boxes=2)
-    assert ds.meta_data["class_names"] == names
+    assert ds.meta_data["class_names"] == LVIS_NAMES
     batch = next(ds.eval_batches())
     for i in range(3):
         for key, values in (
@@ -340,6 +352,111 @@ def test_lvis_style_category_lists_are_carried(tmp_path):
             assert batch["label"][key][i].tolist() == values[i] + [-1] * (5 - len(values[i]))
     assert not batch["label"]["is_crowd"].any()
     np.testing.assert_array_equal(batch["label"]["labels"][:3, 0], [0, 1, 2])
+
+
+def test_excluded_labels_leave_the_training_examples_only(tmp_path):
+    labels = [[0, 1, 3], [1, 1], [2, 4, 1, 0], [3]]
+    neg = [[2, 4], [0, 3], [], [1, 2, 4]]
+    not_exhaustive = [[1], [2, 4], [3], []]
+    write_tiny_lvis(tmp_path, labels, neg, not_exhaustive)
+    excluded = [1, 4]
+    args = dict(data_dir=str(tmp_path), tfds_name="tiny_lvis", batch_size=4, eval_batch_size=4,
+                max_boxes=5, min_scale=1.0, max_scale=1.0, flip=False)  # fmt: skip
+    plain = build_coco(**args)
+    ds = build_coco(**args, exclude_train_labels=excluded)
+    train = next(ds.train_batches())["label"]
+    for row, image_id in enumerate(train["image/id"]):
+        real = train["box_mask"][row] == 1
+        kept = [label for label in labels[image_id] if label not in excluded]
+        assert train["labels"][row][real].tolist() == kept, image_id
+        for key, lists in (("neg_category_ids", neg), ("not_exhaustive_category_ids",
+                                                       not_exhaustive)):  # fmt: skip
+            ids = train[key][row]
+            assert ids[ids >= 0].tolist() == [i for i in lists[image_id] if i not in excluded]
+    # The kept boxes are the same boxes as without the exclusion.
+    plain_train = next(plain.train_batches())["label"]
+    for row, image_id in enumerate(plain_train["image/id"]):
+        other = list(train["image/id"]).index(image_id)
+        keep = [label not in excluded for label in labels[image_id]]
+        boxes = plain_train["boxes"][row][: len(keep)][keep]
+        np.testing.assert_array_equal(train["boxes"][other][: len(boxes)], boxes)
+    # Evaluation keeps every class.
+    eval_labels = next(ds.eval_batches())["label"]
+    for row in range(4):
+        real = eval_labels["box_mask"][row] == 1
+        assert eval_labels["labels"][row][real].tolist() == labels[row]
+
+
+def test_bad_excluded_labels_are_one_clear_error(tmp_path):
+    write_tiny_lvis(tmp_path, [[0]], [[]], [[]])
+    args = dict(data_dir=str(tmp_path), tfds_name="tiny_lvis")
+    with pytest.raises(ValueError, match=r"label ids \[5\] are not in \[0, 5\)"):
+        build_coco(**args, exclude_train_labels=[0, 5])
+    with pytest.raises(ValueError, match="needs LVIS v1's 1203 classes; this data set has 5"):
+        build_coco(**args, exclude_train_labels="lvis_rare")
+    with pytest.raises(ValueError, match="expected 'lvis_rare' or a list"):
+        build_coco(**args, exclude_train_labels="rare")
+
+
+def test_random_negatives_top_up_the_lists_with_unannotated_classes(tmp_path):
+    names = [f"class{i}" for i in range(12)]
+    labels = [[0, 1, 3], [5], [2, 4, 1, 0], [7, 8]]
+    neg = [[2, 4], [0, 3, 6, 9, 10, 11, 1], [], [1]]
+    not_exhaustive = [[1], [2, 4], [3], [9, 10]]
+    write_tiny_lvis(tmp_path, labels, neg, not_exhaustive, names)
+    excluded, total = [6, 11], 5
+    args = dict(data_dir=str(tmp_path), tfds_name="tiny_lvis", batch_size=4, eval_batch_size=4,
+                max_boxes=5, min_scale=1.0, max_scale=1.0, flip=False,
+                exclude_train_labels=excluded)  # fmt: skip
+    ds = build_coco(**args, random_negatives=total)
+    drawn_per_image = {i: [] for i in range(4)}
+    for batch in itertools.islice(ds.train_batches(), 12):  # 12 epochs of the 4 images
+        label = batch["label"]
+        for row, image_id in enumerate(label["image/id"]):
+            ids = label["neg_category_ids"][row]
+            ids = ids[ids >= 0].tolist()
+            verified = [i for i in neg[image_id] if i not in excluded]
+            assert ids[: len(verified)] == verified  # LVIS's own negatives come first
+            drawn = ids[len(verified) :]
+            annotated = {*labels[image_id], *neg[image_id], *not_exhaustive[image_id]}
+            candidates = set(range(12)) - annotated - set(excluded)
+            assert set(drawn) <= candidates and len(set(drawn)) == len(drawn)
+            assert len(drawn) == min(max(total - len(verified), 0), len(candidates))
+            drawn_per_image[image_id].append(tuple(drawn))
+    # Image 1 already has more than `total` verified negatives: nothing is added.
+    assert set(drawn_per_image[1]) == {()}
+    # The draws change from epoch to epoch and reach every candidate class.
+    for image_id in (0, 2, 3):
+        annotated = {*labels[image_id], *neg[image_id], *not_exhaustive[image_id]}
+        candidates = set(range(12)) - annotated - set(excluded)
+        assert len(set(drawn_per_image[image_id])) > 1
+        assert set().union(*drawn_per_image[image_id]) == candidates
+    # The same stream again: the draws are a function of the seed and the position.
+    again = next(build_coco(**args, random_negatives=total).train_batches())
+    first = next(ds.train_batches())
+    np.testing.assert_array_equal(again["label"]["neg_category_ids"],
+                                  first["label"]["neg_category_ids"])  # fmt: skip
+    # Evaluation keeps the lists as annotated.
+    eval_label = next(ds.eval_batches())["label"]
+    for row in range(4):
+        ids = eval_label["neg_category_ids"][row]
+        assert ids[ids >= 0].tolist() == neg[row]
+
+
+def test_random_negatives_need_category_lists(mock_coco):
+    with pytest.raises(ValueError, match="neg_category_ids, which TFDS data set 'coco/2017'"):
+        build_coco(random_negatives=50)
+    with pytest.raises(ValueError, match="random_negatives must be >= 0"):
+        build_coco(random_negatives=-1)
+
+
+def test_lvis_rare_ids_are_the_337_rare_classes():
+    rare = detection_dataset.excluded_label_ids("lvis_rare", 1203)
+    assert len(rare) == 337 and len(set(rare)) == 337
+    # The first rare classes of the LVIS v1 annotation files (label = LVIS id - 1): 13
+    # applesauce, 14 apricot, 17 arctic_(type_of_shoe), 20 armoire, 21 armor, 30 ax, 31
+    # baboon; the classes between them (1 aerosol_can, ...) are common or frequent.
+    assert [i for i in rare if i <= 30] == [12, 13, 16, 19, 20, 29, 30]
 
 
 # ---------------------------------------------------------------- digits_detection

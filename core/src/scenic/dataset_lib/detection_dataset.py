@@ -102,6 +102,75 @@ def clean_objects(example: dict) -> dict:
     return keep_objects({**example, "boxes": boxes}, has_area(boxes))
 
 
+def exclude_labels(example: dict, excluded) -> dict:
+    """Drops the objects whose label is in `excluded` (a 1-D int tensor) and removes those
+    ids from the per-image category lists, so the excluded classes are never positives nor
+    negatives: a federated loss then never trains them (LVIS rare classes, held out to
+    measure zero-shot APr)."""
+    import tensorflow as tf
+
+    def kept(ids):
+        return tf.reduce_all(tf.not_equal(ids[:, None], excluded[None, :]), axis=1)
+
+    example = keep_objects(example, kept(example["labels"]))
+    for key in CATEGORY_LIST_KEYS:
+        if key in example:
+            example[key] = tf.boolean_mask(example[key], kept(example[key]))
+    return example
+
+
+def add_random_negatives(example: dict, total: int, num_classes: int, seed, excluded=()) -> dict:
+    """Tops up the image's `neg_category_ids` to `total` ids with classes drawn uniformly
+    without replacement (stateless, from `seed`) among those the image does not annotate
+    (not a positive, not already a negative, not in `not_exhaustive_category_ids`) and not
+    `excluded`. The original OWL-ViT's random negative labels (50 per image): with a
+    federated loss, more classes get a negative signal than LVIS verified absent."""
+    import tensorflow as tf
+
+    negatives = example["neg_category_ids"]
+    taken = tf.concat(
+        [
+            example["labels"],
+            negatives,
+            example.get("not_exhaustive_category_ids", tf.zeros([0], tf.int32)),
+            tf.constant(excluded, tf.int32, [len(excluded)]),
+        ],
+        0,
+    )
+    candidate = tf.tensor_scatter_nd_update(
+        tf.ones([num_classes], tf.bool), taken[:, None], tf.zeros_like(taken, tf.bool)
+    )
+    scores = tf.where(candidate, tf.random.stateless_uniform([num_classes], seed=seed), -1.0)
+    count = tf.clip_by_value(
+        total - tf.size(negatives), 0, tf.reduce_sum(tf.cast(candidate, tf.int32))
+    )
+    drawn = tf.math.top_k(scores, k=num_classes).indices[:count]
+    return {**example, "neg_category_ids": tf.concat([negatives, drawn], 0)}
+
+
+def excluded_label_ids(exclude, num_classes: int) -> tuple[int, ...]:
+    """`exclude_train_labels` as label ids: a list of ids, or 'lvis_rare' (LVIS v1's 337
+    rare classes, `coco_evaluation.LVIS_V1_FREQUENCIES`)."""
+    if isinstance(exclude, str):
+        from scenic.model_lib.coco_evaluation import LVIS_V1_FREQUENCIES
+
+        if exclude != "lvis_rare":
+            raise ValueError(
+                f"exclude_train_labels={exclude!r}: expected 'lvis_rare' or a list of label ids."
+            )
+        if num_classes != len(LVIS_V1_FREQUENCIES):
+            raise ValueError(
+                f"exclude_train_labels='lvis_rare' needs LVIS v1's {len(LVIS_V1_FREQUENCIES)} "
+                f"classes; this data set has {num_classes}."
+            )
+        return tuple(i for i, group in enumerate(LVIS_V1_FREQUENCIES) if group == "r")
+    ids = tuple(int(i) for i in exclude)
+    bad = [i for i in ids if not 0 <= i < num_classes]
+    if bad:
+        raise ValueError(f"exclude_train_labels: label ids {bad} are not in [0, {num_classes}).")
+    return ids
+
+
 def flip_left_right(image, boxes):
     """Mirrors the image and its normalised yxyx boxes (x -> 1 - x)."""
     import tensorflow as tf
@@ -316,9 +385,16 @@ def build_coco_detection(
     max_scale: float = 1.5,
     flip: bool = True,
     shuffle_buffer: int = 1000,
+    exclude_train_labels=(),
+    random_negatives: int = 0,
     hint: str = "",
 ) -> dataset_utils.Dataset:
-    """Builds the detection pipeline for this host (`process_index` of `process_count`)."""
+    """Builds the detection pipeline for this host (`process_index` of `process_count`).
+
+    Training examples only (evaluation keeps every class and list as annotated):
+    `exclude_train_labels` (label ids, or 'lvis_rare') are removed (`exclude_labels`);
+    `random_negatives` > 0 tops up each image's `neg_category_ids` to that many with random
+    classes (`add_random_negatives`; needs a data set with LVIS's category lists)."""
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
@@ -331,6 +407,14 @@ def build_coco_detection(
     host_eval_batch = dataset_utils.host_batch_size(
         eval_batch_size, process_count, "eval_batch_size"
     )
+    excluded = excluded_label_ids(exclude_train_labels, num_classes)
+    if random_negatives < 0:
+        raise ValueError(f"random_negatives must be >= 0, got {random_negatives}.")
+    if random_negatives and "neg_category_ids" not in info.features:
+        raise ValueError(
+            f"random_negatives={random_negatives} tops up LVIS's per-image "
+            f"neg_category_ids, which TFDS data set {tfds_name!r} does not have."
+        )
     num_train = split_size(info, train_split, tfds_name)
     num_eval = split_size(info, eval_split, tfds_name)
     decoders = {"image": tfds.decode.SkipDecoding()}  # decoded in `decode_example`
@@ -343,8 +427,16 @@ def build_coco_detection(
     def train_example(index, example):
         stream_seed = tf.stack([tf.cast(seed, tf.int64), index * process_count + process_index])
         u = tf.random.stateless_uniform([4], seed=stream_seed)
+        decoded = decode(example)
+        if excluded:
+            decoded = exclude_labels(decoded, tf.constant(excluded, tf.int32))
+        if random_negatives:
+            negatives_seed = tf.random.experimental.stateless_fold_in(stream_seed, 1)
+            decoded = add_random_negatives(
+                decoded, random_negatives, num_classes, negatives_seed, excluded
+            )
         return train_transform(
-            decode(example),
+            decoded,
             u,
             image_size=image_size,
             max_boxes=max_boxes,
