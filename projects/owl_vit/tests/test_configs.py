@@ -251,6 +251,9 @@ def test_published_recipe(name, files):
     assert config.model.variant == variant and config.tokenizer == "clip"
     assert config.dataset_name == "coco" and config.dataset_configs.tfds_name == "lvis"
     assert config.dataset_configs.image_size == owl_model.VARIANTS[variant]["image_size"]
+    # Rare classes held out of training (zero-shot APr); 50 negatives per image.
+    assert config.dataset_configs.exclude_train_labels == "lvis_rare"
+    assert config.dataset_configs.random_negatives == 50
     assert (config.batch_size, config.num_training_steps) == (256, steps)
     assert config.optimizer.name == "adam" and (config.optimizer.b1, config.optimizer.b2) == (
         0.9, 0.999)  # fmt: skip

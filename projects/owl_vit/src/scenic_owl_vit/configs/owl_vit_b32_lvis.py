@@ -47,10 +47,12 @@ evaluation pass, `OwlViTDetectionModel.eval_constants`, and the logits are forme
 each class's mean normalised embedding).
 
 Differences from the published recipe (what the core cannot do yet):
-  - no mosaics (the original: 1x1, 2x2, 3x3 with probabilities 0.4, 0.3, 0.3), no random
-    negative labels (50 per image) and no per-image query sets: every step queries all
-    1,203 class names, with the federated loss (`federated_loss`) counting only the
-    classes annotated in each image; overlapping boxes (IoU > 0.9) are not merged;
+  - no mosaics (the original: 1x1, 2x2, 3x3 with probabilities 0.4, 0.3, 0.3) and no
+    per-image query sets: every step queries all 1,203 class names, with the federated
+    loss (`federated_loss`) counting only each image's positives and negatives (LVIS's
+    verified negatives topped up to 50 with random unannotated classes,
+    `random_negatives`, our reading of the original's random negative labels);
+    overlapping boxes (IoU > 0.9) are not merged;
   - gradients are clipped for the whole batch, not per example, and the loss is
     normalised by the batch's box count, not per example;
   - no stochastic depth in the towers (the original: 0.1 text, 0.2 image): the CLIP
@@ -167,6 +169,7 @@ def lvis_config(
             "flip": True,
             "shuffle_buffer": 1000,
             "exclude_train_labels": "lvis_rare",  # held out: APr is zero-shot
+            "random_negatives": 50,  # negatives per training image, topped up at random
         }
     )
 
