@@ -27,6 +27,16 @@ from bench_owl_vit_detect import best_of, random_params  # tools/ is on sys.path
 from bench_resnet import machine
 
 
+def timed(fn, repeats: int, *args):
+    """(output, first call's seconds: compile + run, best of `repeats` later calls)."""
+    import jax
+
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    first = time.perf_counter() - start
+    return out, first, best_of(lambda: jax.block_until_ready(fn(*args)), repeats)
+
+
 def main() -> None:
     from scenic.common_lib import allocator
 
@@ -71,35 +81,18 @@ def main() -> None:
         f"{args.variant} at {size} px, {args.classes} classes x {args.templates} templates, "
         f"batch {args.batch}\n"
     )
-    rows = {}
     before = jax.jit(lambda v, x: model.flax_model.apply(v, x))
-    constants = jax.jit(model.eval_constants)
-    after = jax.jit(model.eval_apply)
-    for name, fn, call_args in (
-        ("per batch, before", before, (variables, inputs)),
-        ("once per pass", constants, (variables,)),
-    ):
-        start = time.perf_counter()
-        out = jax.block_until_ready(fn(*call_args))
-        first = time.perf_counter() - start
-        rows[name] = (first, best_of(lambda: jax.block_until_ready(fn(*call_args)), args.repeats))
-        if name == "per batch, before":
-            logits_before = out["pred_logits"]
-        else:
-            queries = out
-    start = time.perf_counter()
-    out = jax.block_until_ready(after(variables, inputs, queries))
-    first = time.perf_counter() - start
-    rows["per batch, after"] = (
-        first,
-        best_of(lambda: jax.block_until_ready(after(variables, inputs, queries)), args.repeats),
-    )
+    out_before, *before_s = timed(before, args.repeats, variables, inputs)
+    queries, *constants_s = timed(jax.jit(model.eval_constants), args.repeats, variables)
+    out_after, *after_s = timed(jax.jit(model.eval_apply), args.repeats, variables, inputs, queries)
+    rows = {"per batch, before": before_s, "per batch, after": after_s,
+            "once per pass": constants_s}  # fmt: skip
     print(f"{'':18s} {'first call s':>12s} {'best s':>8s}")
     for name in ("per batch, before", "per batch, after", "once per pass"):
         first, best = rows[name]
         print(f"{name:18s} {first:>12.2f} {best:>8.2f}")
     ratio = rows["per batch, before"][1] / rows["per batch, after"][1]
-    diff = float(jnp.abs(logits_before - out["pred_logits"]).max())
+    diff = float(jnp.abs(out_before["pred_logits"] - out_after["pred_logits"]).max())
     print(f"\nper-batch time before / after: {ratio:.1f}x; max |logit difference| {diff:.2e}")
     print(f"load average at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
