@@ -16,5 +16,14 @@ def test_compiled_costs_of_a_matmul_from_shapes_alone():
     assert debug_utils.compiled_flops(lambda x, y: x @ y, a, b) == 2 * 64 * 32 * 16
 
 
+def test_model_flops_count_the_traced_program_without_compiling():
+    a = jax.ShapeDtypeStruct((64, 32), jnp.float32)
+    b = jax.ShapeDtypeStruct((32, 16), jnp.float32)
+    assert debug_utils.model_flops(lambda x, y: x @ y, a, b) == 2 * 64 * 32 * 16
+    # Two matmuls (the analysis may add the tanh's).
+    flops = debug_utils.model_flops(lambda x, y: jnp.tanh(x @ y) @ y.T, a, b)
+    assert 2 * 64 * 32 * 16 * 2 <= flops < 2 * 64 * 32 * 16 * 2 * 1.1
+
+
 def test_count_parameters():
     assert debug_utils.count_parameters({"w": jnp.zeros((3, 4)), "b": [jnp.zeros(4)]}) == 16

@@ -21,6 +21,22 @@ def compiled_flops(fn, *args) -> float | None:
     return compiled_costs(fn, *args)[0]
 
 
+def model_flops(fn, *args) -> float | None:
+    """FLOPs of one call of `fn(*args)` from XLA's cost analysis of the program as traced,
+    before XLA's optimisations: the model's own arithmetic, which is what MFU counts, and
+    no compilation (a large model's forward takes seconds to compile). Falls back to
+    `compiled_flops` where the backend analyses only compiled programs."""
+    try:
+        analysis = jax.jit(fn).lower(*args).cost_analysis()
+        if isinstance(analysis, list | tuple):
+            analysis = analysis[0] if analysis else None
+        if analysis and "flops" in analysis:
+            return float(analysis["flops"])
+    except Exception:  # analyses are best-effort on some backends
+        pass
+    return compiled_flops(fn, *args)
+
+
 def compiled_costs(fn, *args) -> tuple[float | None, int | None]:
     """(FLOPs, temporary bytes) of one call of `fn(*args)` from one compilation: XLA's cost
     and memory analyses, each None where the backend gives none. `args` may be

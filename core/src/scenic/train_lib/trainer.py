@@ -404,7 +404,7 @@ def check_finite(finite_flags: list, layout=layouts.PMAP) -> None:
 def log_model_size(model, state: TrainState) -> float | None:
     """Logs the parameter count and forward GFLOPs per example; returns the FLOPs."""
     params = state.params
-    flops = debug_utils.compiled_flops(
+    flops = debug_utils.model_flops(
         lambda p, x: model.inference_apply({"params": p, **state.model_state}, x),
         jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params),
         model.input_spec(),
