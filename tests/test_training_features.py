@@ -62,6 +62,34 @@ def test_accumulation_must_divide_the_per_device_batch(tiny_vit_digits):
         resolved(tiny_vit_digits, "grad_accumulation_steps=3")
 
 
+def test_per_example_clipping_sees_one_example_at_a_time(tmp_path, tiny_vit_digits, monkeypatch):
+    config, model_cls = resolved(
+        tiny_vit_digits, "optimizer.per_example_clip_norm=0.5", "num_training_steps=3"
+    )
+    label_shapes = record_label_shapes(monkeypatch, model_cls)
+    clip_norms = []
+    clipped = trainer.steps.per_example_clipped
+
+    def recording_clipped(grad_fn, clip_norm, axis_name):
+        clip_norms.append(clip_norm)
+        return clipped(grad_fn, clip_norm, axis_name)
+
+    monkeypatch.setattr(trainer.steps, "per_example_clipped", recording_clipped)
+    _, metrics = train(config, model_cls, tmp_path / "run")
+    assert clip_norms == [0.5] and set(label_shapes) == {(1,)}  # the loss of one example
+    assert np.isfinite(metrics["loss"])
+
+
+def test_per_example_clipping_refuses_models_with_batch_statistics(tmp_path):
+    config = config_utils.load_config("resnet_digits", "scenic_baselines.configs")
+    config, model_cls = runner.resolve_config(
+        config, MODELS, ["model.num_layers=10", "optimizer.per_example_clip_norm=1.0"]
+    )
+    with pytest.raises(ConfigError, match="keeps mutable state \\(batch_stats\\)"):
+        train(config, model_cls, tmp_path / "run")
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
 def test_mixup_ema_bfloat16_and_frozen_parameters(tmp_path, tiny_vit_digits, monkeypatch):
     seen = {"peak_dtypes": [], "activation_dtypes": set()}
     peak = trainer.debug_utils.peak_matmul_flops

@@ -4,6 +4,8 @@ frozen parameters and per-parameter learning-rate multipliers.
 `config.optimizer.name` names an optax function (`adamw`, `sgd`, `lamb`, ...); every other
 key is passed to it by name and checked against its signature, except:
   - `grad_clip_norm`: clip gradients to this global norm first (over trainable params);
+  - `per_example_clip_norm`: clip each example's gradient to this global norm before the
+    batch's mean is taken (read by the trainer: `steps.per_example_clipped`);
   - `weight_decay`: decoupled decay for optimizers that take it (adamw, lamb, ...), else
     added to the gradients (coupled, as in SGD). Only parameters with >= 2 dimensions
     (kernels, embeddings) decay; biases and norm scales do not.
@@ -51,6 +53,13 @@ def get_optimizer(
         raise ConfigError(f"Unknown optimizer.name {name!r}: not an optax optimizer.")
     fn = getattr(optax, name)
     clip = config.pop("grad_clip_norm", None)
+    per_example_clip = config.pop("per_example_clip_norm", None)
+    if per_example_clip is not None and not (
+        isinstance(per_example_clip, int | float) and per_example_clip > 0
+    ):
+        raise ConfigError(
+            f"optimizer.per_example_clip_norm must be a number > 0, got {per_example_clip!r}."
+        )
     weight_decay = config.pop("weight_decay", None)
     frozen = _patterns(config.pop("frozen_params", None) or ())
     multipliers = _multipliers(config.pop("lr_multipliers", None) or ())

@@ -32,6 +32,7 @@ def train_step(
     ema_settings: dict | None = None,
     dtype=jnp.float32,
     axis_name: str | None = AXIS,
+    per_example_clip_norm: float | None = None,
 ):
     """One optimisation step on each device's shard, gradients averaged over devices.
 
@@ -41,7 +42,10 @@ def train_step(
     micro-batches whose gradients are averaged before one update (mutable state such as
     batch statistics is threaded through them in order). `mix_fn` applies mixup / cutmix
     on the device; floating inputs are cast to the compute `dtype`; `ema_settings` updates
-    the parameter EMA. Returns (state, metrics, all_finite).
+    the parameter EMA. With `per_example_clip_norm` each example's gradient (its own loss,
+    normalised by itself: `loss_and_metrics` sees one example and no device axis) is clipped
+    to that global norm before the examples' gradients are averaged
+    (`per_example_clipped`). Returns (state, metrics, all_finite).
 
     `axis_name=None` is the step of `jax.jit` over a device mesh: the batch is the global
     one (XLA partitions it), so nothing is averaged over a named axis, and micro-batches
@@ -56,6 +60,8 @@ def train_step(
         batch = mix_fn(jax.random.fold_in(dropout_rng, MIXUP_STREAM), batch)
     batch = precision.cast_inputs(batch, dtype)
 
+    loss_axis = None if per_example_clip_norm else axis_name
+
     def loss_fn(params, model_state, micro_batch, micro_rng):
         variables = {"params": params, **model_state}
         out = model.flax_model.apply(
@@ -67,10 +73,12 @@ def train_step(
         )
         outputs, new_model_state = out if mutable else (out, {})
         outputs = precision.to_float32(outputs)
-        loss, metrics = model.loss_and_metrics(outputs, micro_batch, params, axis_name=axis_name)
+        loss, metrics = model.loss_and_metrics(outputs, micro_batch, params, axis_name=loss_axis)
         return loss, (metrics, dict(new_model_state))
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if per_example_clip_norm:
+        grad_fn = per_example_clipped(grad_fn, per_example_clip_norm, axis_name)
     if accumulation_steps == 1:
         (loss, (metrics, new_model_state)), grads = grad_fn(
             state.params, state.model_state, batch, dropout_rng
@@ -121,6 +129,39 @@ def train_step(
         ema_params=ema_params,
     )
     return new_state, metrics, all_finite
+
+
+def per_example_clipped(grad_fn, clip_norm: float, axis_name: str | None):
+    """`grad_fn(params, model_state, batch, rng)` -> the same function whose gradient is the
+    mean over the batch's examples of each example's gradient clipped to `clip_norm`
+    (global norm, as `optax.clip_by_global_norm`), and whose loss is the examples' mean.
+    Each example is a batch of one (its own dropout key); their (sum, normalizer) metrics
+    are summed, then over `axis_name`. Memory: one gradient per example of the batch
+    (`grad_accumulation_steps` splits the batch to bound it). Models with mutable state
+    (batch statistics) are refused by the trainer: one example's statistics mean nothing."""
+
+    def clipped_mean(params, model_state, batch, rng):
+        count = jax.tree.leaves(batch)[0].shape[0]
+
+        def one(example, index):
+            example = jax.tree.map(lambda x: x[None], example)
+            (loss, (metrics, _)), grads = grad_fn(
+                params, model_state, example, jax.random.fold_in(rng, index)
+            )
+            norm = optax.global_norm(grads)
+            scale = clip_norm / jnp.maximum(norm, clip_norm)
+            return loss, metrics, jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
+
+        losses, metrics, grads = jax.vmap(one)(batch, jnp.arange(count))
+        metrics = psum(jax.tree.map(lambda x: x.sum(axis=0), metrics), axis_name)
+        grads = jax.tree.map(lambda g: g.mean(axis=0), grads)
+        return (losses.mean(), (metrics, model_state)), grads
+
+    return clipped_mean
+
+
+def psum(tree, axis_name: str | None):
+    return tree if axis_name is None else jax.lax.psum(tree, axis_name)
 
 
 def pmean(tree, axis_name: str | None):

@@ -36,6 +36,7 @@ import ml_collections
 import numpy as np
 
 from scenic.common_lib import debug_utils
+from scenic.common_lib.config_utils import ConfigError
 from scenic.train_lib import (
     checkpoints,
     ema,
@@ -211,6 +212,12 @@ def train(
     num_steps = total_train_steps(config, dataset.meta_data["num_train_examples"])
     tx, lr_fn = make_optimizer(config, num_steps)
     state = initialize_state(model, config, jax.random.key(config.rng_seed), tx)
+    per_example_clip_norm = config.optimizer.get("per_example_clip_norm")
+    if per_example_clip_norm and state.model_state:
+        raise ConfigError(
+            f"optimizer.per_example_clip_norm: model {config.model_name!r} keeps mutable state "
+            f"({', '.join(state.model_state)}), which one example at a time cannot update."
+        )
     accumulation_steps = int(config.grad_accumulation_steps)
     mix_fn = mixup.from_config(config.mixup, dataset.meta_data.get("num_classes"))
     ema_settings = ema.from_config(config.ema)
@@ -243,6 +250,7 @@ def train(
         mix_fn=mix_fn,
         ema_settings=ema_settings,
         dtype=dtype,
+        per_example_clip_norm=per_example_clip_norm,
     )
     state = layout.place_state(state)
     p_train_step = layout.train_step(train_fn)

@@ -53,8 +53,11 @@ Differences from the published recipe (what the core cannot do yet):
     verified negatives topped up to 50 with random unannotated classes,
     `random_negatives`, our reading of the original's random negative labels);
     overlapping boxes (IoU > 0.9) are not merged;
-  - gradients are clipped for the whole batch, not per example, and the loss is
-    normalised by the batch's box count, not per example;
+  - gradients are clipped for the whole batch (`optimizer.grad_clip_norm`) and the loss
+    normalised by the batch's box count, not per example: the core can do both per example
+    (`--config.optimizer.per_example_clip_norm=1.0`: each example's loss normalised by its
+    own boxes, its gradient clipped, then averaged; one gradient per example held on each
+    device), not set here because its memory and speed at this size are unmeasured;
   - no stochastic depth in the towers (the original: 0.1 text, 0.2 image): the CLIP
     towers (`scenic_baselines.clip`) have none;
   - the original's random crop keeping >= 60% of the image, then resize-with-pad, is
