@@ -86,6 +86,13 @@ CASES = {
             "num_classes": 3,
         },
     ),
+    "clip": Case(
+        "scenic_baselines",
+        "clip_digits",
+        {"vision_layers": 1, "text_layers": 1, "vision_width": 16, "text_width": 16},
+        {**IMAGE, "num_classes": 3},
+        {"class_names": ("zero", "one", "two")},
+    ),
     "vivit_classification": Case("scenic_vivit", "vivit_moving_digits", TINY_VIVIT, VIDEO),
     "vivit_multilabel_classification": Case(
         "scenic_vivit", "vivit_moving_digits", TINY_VIVIT, VIDEO

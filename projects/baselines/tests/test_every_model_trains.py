@@ -68,6 +68,15 @@ CASES = {
     "bit_classification": ("bit_digits", ["--config.model.num_filters=8"]),
     "vit_hybrid_classification": ("vit_hybrid_digits", ["--config.model.num_layers=1"]),
     "unet_segmentation": ("unet_digits_segmentation", ["--config.model.num_levels=2"]),
+    "clip": (
+        "clip_digits",
+        [
+            "--config.model.vision_layers=1",
+            "--config.model.text_layers=1",
+            "--config.model.vision_width=16",
+            "--config.model.text_width=16",
+        ],
+    ),
 }
 # What each kind of model reports in final_metrics.json.
 EXPECTED_METRIC = {

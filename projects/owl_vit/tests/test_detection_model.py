@@ -43,7 +43,7 @@ def tiny():
 
 def per_template_logits(model, params, images):
     """`[T, B, N, C]`: the plain OWLViT's logits with each template's queries."""
-    tokens = detection_model.class_tokens(clip_tokenizer.ByteTokenizer(), NAMES, TEMPLATES, 12)
+    tokens = clip_tokenizer.prompt_tokens(clip_tokenizer.ByteTokenizer(), NAMES, TEMPLATES, 12)
     apply = jax.jit(
         lambda t: model.flax_model.apply(
             {"params": params}, images, t, method=owl_model.OWLViT.__call__

@@ -410,13 +410,29 @@ def check_finite(finite_flags: list, layout=layouts.PMAP) -> None:
 
 
 def log_model_size(model, state: TrainState) -> float | None:
-    """Logs the parameter count and forward GFLOPs per example; returns the FLOPs."""
+    """Logs the parameter count and forward GFLOPs per example; returns the FLOPs.
+
+    The forward is `inference_apply`, or, for a model with `eval_constants`, `eval_apply`
+    given them: work done once per pass (CLIP's and OWL-ViT's class-name text tower) is
+    not a cost of each example."""
     params = state.params
-    flops = debug_utils.model_flops(
-        lambda p, x: model.inference_apply({"params": p, **state.model_state}, x),
-        jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params),
-        model.input_spec(),
+    params_spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
+    constants_spec = jax.eval_shape(
+        lambda p: model.eval_constants({"params": p, **state.model_state}), params_spec
     )
+    if constants_spec is None:
+        flops = debug_utils.model_flops(
+            lambda p, x: model.inference_apply({"params": p, **state.model_state}, x),
+            params_spec,
+            model.input_spec(),
+        )
+    else:
+        flops = debug_utils.model_flops(
+            lambda p, x, c: model.eval_apply({"params": p, **state.model_state}, x, c),
+            params_spec,
+            model.input_spec(),
+            constants_spec,
+        )
     logger.info(
         "Model: %s parameters, %s GFLOPs per example (forward).",
         f"{debug_utils.count_parameters(params):,}",

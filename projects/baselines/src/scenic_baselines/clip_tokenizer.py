@@ -198,3 +198,33 @@ class ByteTokenizer:
         return [byte + 1 for byte in clean_text(text).encode("utf-8")]
 
     tokenize = ClipTokenizer.tokenize
+
+
+TOKENIZERS = ("clip", "bytes")
+
+
+def from_config(kind: str, path: str | None):
+    """The tokenizer a config names: 'clip' (`ClipTokenizer.from_path(path)`: OpenAI's
+    bpe_simple_vocab_16e6.txt.gz or a Hugging Face folder) or 'bytes' (`ByteTokenizer`, no
+    file). Errors are ConfigErrors naming the key."""
+    from scenic.common_lib.config_utils import ConfigError
+
+    if kind == "bytes":
+        return ByteTokenizer()
+    if kind == "clip":
+        if not path:
+            raise ConfigError(
+                f"tokenizer='clip' needs tokenizer_path: OpenAI's {OPENAI_VOCAB_FILE} or a "
+                f"Hugging Face folder with {HF_VOCAB_FILE} and {HF_MERGES_FILE} (nothing is "
+                "downloaded)."
+            )
+        return ClipTokenizer.from_path(path)
+    raise ConfigError(f"Unknown tokenizer {kind!r}; expected one of {TOKENIZERS}.")
+
+
+def prompt_tokens(tokenizer, class_names, templates, context_length: int) -> np.ndarray:
+    """`[T, C, L]` token ids of every template (one '{}') filled with every class name;
+    names are lower-cased with underscores as spaces (LVIS writes 'hot_dog')."""
+    names = [str(name).replace("_", " ").lower() for name in class_names]
+    return np.stack([tokenizer.tokenize([t.format(n) for n in names], context_length)
+                     for t in templates])  # fmt: skip

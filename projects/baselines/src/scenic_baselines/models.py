@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import scenic_baselines.vit_weights  # noqa: F401  (registers ViT weight formats with init_from)
-from scenic_baselines import bit, detr, mixer, resnet, unet, vit, vit_hybrid
+from scenic_baselines import bit, clip_contrastive, detr, mixer, resnet, unet, vit, vit_hybrid
 
 
 def _vit_fields() -> tuple[str, ...]:
@@ -42,6 +42,9 @@ MODELS = {
     # and ViT-hybrid .npz files load through config.init_from (bit_weights).
     "bit_classification": bit.BiTClassificationModel,
     "vit_hybrid_classification": vit_hybrid.ViTHybridClassificationModel,
+    # config.model: `variant` and the constructor fields of clip.CLIP; trained with CLIP's
+    # contrastive loss, evaluated as a zero-shot classifier (clip_contrastive).
+    "clip": clip_contrastive.CLIPContrastiveModel,
 }
 
 

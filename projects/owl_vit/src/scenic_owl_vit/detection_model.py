@@ -37,9 +37,9 @@ import numpy as np
 from scenic.common_lib.config_utils import ConfigError
 from scenic.model_lib.base_models import detection_model
 from scenic.model_lib.base_models.detection_model import DetectionModel
+from scenic_baselines import clip_tokenizer
 from scenic_owl_vit import model as owl_model
 
-TOKENIZERS = ("clip", "bytes")
 #: OWL-ViT's criterion settings (the original's configs) where they differ from DETR's.
 OWL_VIT_DEFAULTS = {
     "class_loss": "sigmoid_focal",
@@ -113,31 +113,6 @@ def to_clip_pixels(images):
     return ((images + 1.0) / 2.0 - mean) / std
 
 
-def make_tokenizer(kind: str, path: str | None):
-    """The text tokenizer of a config: `ClipTokenizer.from_path(path)` or `ByteTokenizer()`."""
-    from scenic_baselines import clip_tokenizer
-
-    if kind == "bytes":
-        return clip_tokenizer.ByteTokenizer()
-    if kind == "clip":
-        if not path:
-            raise ConfigError(
-                "tokenizer='clip' needs tokenizer_path: OpenAI's "
-                f"{clip_tokenizer.OPENAI_VOCAB_FILE} or a Hugging Face folder with "
-                "vocab.json and merges.txt (nothing is downloaded)."
-            )
-        return clip_tokenizer.ClipTokenizer.from_path(path)
-    raise ConfigError(f"Unknown tokenizer {kind!r}; expected one of {TOKENIZERS}.")
-
-
-def class_tokens(tokenizer, class_names, templates, context_length: int) -> np.ndarray:
-    """`[T, C, L]` token ids of every template filled with every class name; names are
-    lower-cased with underscores as spaces (LVIS writes 'hot_dog')."""
-    names = [str(name).replace("_", " ").lower() for name in class_names]
-    return np.stack([tokenizer.tokenize([t.format(n) for n in names], context_length)
-                     for t in templates])  # fmt: skip
-
-
 class OwlViTDetectionModel(DetectionModel):
     """OWL-ViT (v1 or v2) through the core `DetectionModel` criterion and evaluation."""
 
@@ -170,7 +145,7 @@ class OwlViTDetectionModel(DetectionModel):
 
     def build_flax_model(self):
         kwargs = owl_kwargs(self.config.model)
-        self.tokenizer = make_tokenizer(
+        self.tokenizer = clip_tokenizer.from_config(
             self.config.get("tokenizer") or "clip", self.config.get("tokenizer_path")
         )
         if self.tokenizer.vocab_size > kwargs["vocab_size"]:
@@ -181,7 +156,9 @@ class OwlViTDetectionModel(DetectionModel):
         names = self.dataset_meta_data.get("class_names")
         tokens = None
         if names:
-            ids = class_tokens(self.tokenizer, names, self.templates, kwargs["context_length"])
+            ids = clip_tokenizer.prompt_tokens(
+                self.tokenizer, names, self.templates, kwargs["context_length"]
+            )
             # Nested tuples: a hashable module attribute, like every other one.
             tokens = tuple(tuple(map(tuple, template)) for template in ids.tolist())
         return OWLViTDetector(class_tokens=tokens, **kwargs)

@@ -1,0 +1,187 @@
+"""CLIP trained through the core trainer: its contrastive loss in training, zero-shot
+classification in evaluation.
+
+`CLIPContrastiveModel` (registered as 'clip') takes the core's classification batches:
+`inputs` the images (or a dict with `image` and, optionally, `text_tokens` `[B, L]`: each
+image's own caption) and `label` the class ids. Where the batch brings no captions, an
+image's caption is its class name in a prompt template (`prompt_templates`, one drawn per
+class and step from the 'dropout' rng, as OWL-ViT draws them): a labelled data set becomes
+an image-text data set. The loss is `clip.contrastive_loss` over the global batch (each
+device's embeddings scored against every device's); images of one class share a caption, so
+the loss cannot reach 0 there (its floor is the log of the number of same-class captions).
+
+Evaluation is CLIP's zero-shot classifier: each class's templates embedded, normalised and
+averaged (`eval_constants`: once per evaluation pass), the logits `scale * image . class`,
+with the classification metrics (accuracy, top-5, cross-entropy of those logits).
+
+Config (top level): `tokenizer` ('clip' or 'bytes', as OWL-ViT), `tokenizer_path`,
+`prompt_templates` (default: the name alone), `class_names` (default: the data set's
+`class_names`). `config.model`: `variant` (one of `clip.VARIANTS`, or None) and any
+`clip.CLIP` attribute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from scenic.common_lib.config_utils import ConfigError
+from scenic.model_lib import model_utils
+from scenic.model_lib.base_models.classification_model import ClassificationModel
+from scenic_baselines import clip, clip_tokenizer
+
+DEFAULT_TEMPLATES = ("{}",)
+
+
+class CaptionedCLIP(clip.CLIP):
+    """`clip.CLIP` on classification batches. `__call__(inputs, train)`:
+
+    training  a dict: `image_embeddings` `[B, E]`, `text_embeddings` `[B, E]` (the batch's
+              `text_tokens`, or None when the captions are the class prompts),
+              `class_embeddings` `[C, E]` (one random template per class; None with
+              `text_tokens`), `logit_scale`;
+    eval      logits `[B, C]` against `class_queries` (`self.class_queries()`, the
+              template-averaged zero-shot classifier; computed here when not given).
+    """
+
+    class_tokens: tuple | None = None  # [T, C, L] token ids of the class prompts
+
+    def __call__(self, inputs, train: bool = False, class_queries=None):
+        images = inputs["image"] if isinstance(inputs, dict) else inputs
+        tokens = inputs.get("text_tokens") if isinstance(inputs, dict) else None
+        image_embeddings = self.encode_image(images, train=train)
+        if not train:
+            queries = self.class_queries() if class_queries is None else class_queries
+            return self.scale() * image_embeddings @ queries.T
+        outputs = {"image_embeddings": image_embeddings, "logit_scale": self.scale()}
+        if tokens is not None:
+            outputs["text_embeddings"] = self.encode_text(tokens, train=train)
+            outputs["class_embeddings"] = None
+            return outputs
+        class_tokens = self.checked_class_tokens()
+        num_templates, num_classes = class_tokens.shape[:2]
+        choice = jax.random.randint(self.make_rng("dropout"), (num_classes,), 0, num_templates)
+        outputs["text_embeddings"] = None
+        outputs["class_embeddings"] = self.encode_text(
+            class_tokens[choice, jnp.arange(num_classes)], train=train
+        )
+        return outputs
+
+    def class_queries(self):
+        """`[C, E]`: CLIP's zero-shot classifier (`clip.zero_shot_weights`' arithmetic):
+        each class's template embeddings normalised, averaged, normalised again."""
+        class_tokens = self.checked_class_tokens()
+        num_templates, num_classes, length = class_tokens.shape
+        embeddings = self.encode_text(class_tokens.reshape(-1, length))
+        embeddings = embeddings.reshape(num_templates, num_classes, -1).mean(axis=0)
+        return clip.l2_normalize(embeddings)
+
+    def checked_class_tokens(self):
+        if self.class_tokens is None:
+            raise ValueError(
+                "CaptionedCLIP: no text_tokens in the inputs and no class names to caption with."
+            )
+        return jnp.asarray(self.class_tokens, jnp.int32)
+
+
+class CLIPContrastiveModel(ClassificationModel):
+    """CLIP's contrastive training and zero-shot evaluation (module docstring)."""
+
+    config_keys = (*ClassificationModel.config_keys, "tokenizer", "tokenizer_path",
+                   "prompt_templates", "class_names")  # fmt: skip
+
+    @property
+    def templates(self) -> tuple[str, ...]:
+        templates = tuple(self.config.get("prompt_templates") or DEFAULT_TEMPLATES)
+        for template in templates:
+            if template.count("{}") != 1:
+                raise ConfigError(
+                    f"prompt_templates: {template!r} must hold exactly one '{{}}' for the "
+                    "class name."
+                )
+        return templates
+
+    def build_flax_model(self):
+        kwargs = clip_kwargs(self.config.model)
+        self.tokenizer = clip_tokenizer.from_config(
+            self.config.get("tokenizer") or "clip", self.config.get("tokenizer_path")
+        )
+        vocab_size = kwargs.get("vocab_size", clip.CLIP.vocab_size)
+        if self.tokenizer.vocab_size > vocab_size:
+            raise ConfigError(
+                f"model.vocab_size {vocab_size} is smaller than the tokenizer's "
+                f"{self.tokenizer.vocab_size} ids."
+            )
+        names = self.config.get("class_names") or self.dataset_meta_data.get("class_names")
+        tokens = None
+        if names:
+            names = list(names)
+            if self.num_classes and len(names) != self.num_classes:
+                raise ConfigError(
+                    f"class_names: {len(names)} names for a data set of {self.num_classes} classes."
+                )
+            length = kwargs.get("context_length", clip.CLIP.context_length)
+            ids = clip_tokenizer.prompt_tokens(self.tokenizer, names, self.templates, length)
+            tokens = tuple(tuple(map(tuple, template)) for template in ids.tolist())
+        return CaptionedCLIP(class_tokens=tokens, **kwargs)
+
+    def loss_and_metrics(self, outputs, batch, model_params=None, axis_name=None):
+        """CLIP's symmetric contrastive loss of the (image, caption) pairs, and two
+        metrics: that loss, and `class_accuracy` (each image's nearest class prompt of this
+        step is its label's; only without the batch's own captions)."""
+        images = outputs["image_embeddings"]
+        labels = class_ids(batch["label"])
+        texts = outputs["text_embeddings"]
+        classes = outputs["class_embeddings"]
+        if texts is None:
+            texts = classes[labels]
+        loss = clip.contrastive_loss(images, texts, outputs["logit_scale"], axis_name)
+        metrics = {"contrastive_loss": model_utils.sum_and_normalizer(
+            jnp.full(images.shape[:1], loss), None, axis_name)}  # fmt: skip
+        if classes is not None:
+            correct = (jnp.argmax(images @ classes.T, axis=-1) == labels).astype(jnp.float32)
+            metrics["class_accuracy"] = model_utils.sum_and_normalizer(correct, None, axis_name)
+        return loss + self.l2_term(model_params), metrics
+
+    def eval_constants(self, variables):
+        """The zero-shot classifier `[C, E]`, once per evaluation pass."""
+        if self.flax_model.class_tokens is None:
+            return None
+        return self.flax_model.apply(variables, method=CaptionedCLIP.class_queries)
+
+    def eval_apply(self, variables, inputs, constants=None):
+        return self.flax_model.apply(variables, inputs, train=False, class_queries=constants)
+
+    @classmethod
+    def model_config_keys(cls) -> tuple[str, ...]:
+        excluded = ("parent", "name", "class_tokens")
+        fields = [f.name for f in dataclasses.fields(CaptionedCLIP) if f.name not in excluded]
+        return ("variant", *fields)
+
+    @classmethod
+    def check_config(cls, config: ml_collections.ConfigDict) -> None:
+        clip_kwargs(config.model)
+
+
+def class_ids(label):
+    """Class ids `[B]` of integer labels or one-hot / soft labels `[B, C]`."""
+    return label if label.ndim == 1 else jnp.argmax(label, axis=-1)
+
+
+def clip_kwargs(model_config) -> dict:
+    """`CaptionedCLIP` arguments of `config.model`: the variant's, then every other key; a
+    dtype given as a string becomes a dtype."""
+    settings = dict(model_config.to_dict() if model_config is not None else {})
+    variant = settings.pop("variant", None)
+    if variant is not None:
+        if variant not in clip.VARIANTS:
+            raise ConfigError(
+                f"model.variant {variant!r} is not one of {', '.join(clip.VARIANTS)}."
+            )
+        settings = {**clip.VARIANTS[variant], **settings}
+    if isinstance(settings.get("dtype"), str):
+        settings["dtype"] = jnp.dtype(settings["dtype"])
+    return settings
