@@ -16,6 +16,7 @@ import logging
 import jax
 import numpy as np
 
+from scenic.model_lib.base_models import base_model
 from scenic.train_lib import layouts, steps, summaries
 
 logger = logging.getLogger("scenic")
@@ -29,7 +30,7 @@ def evaluate(
     called as `p_eval_step(state, batch, constants)`, the model's `eval_constants` computed
     once for the pass."""
     pairs, totals, examples = [], None, []
-    constants = constants_step(model, layout)(state)
+    constants = pass_constants(model, layout, state)
     for batch in layout.device_batches(iter(batches), prefetch):
         batch_pairs, batch_totals, batch_examples = p_eval_step(state, batch, constants)
         pairs.append(batch_pairs)
@@ -50,6 +51,15 @@ def evaluate(
         examples = {k: v[real] for k, v in examples.items()}
     metrics.update(model.global_metrics(totals or {}, examples or {}))
     return metrics
+
+
+def pass_constants(model, layout, state):
+    """The model's `eval_constants` for one pass over `state`; None, without compiling or
+    running anything, for a model that does not define them (a pmapped function with no
+    outputs fails in a multi-process run)."""
+    if type(model).eval_constants is base_model.BaseModel.eval_constants:
+        return None
+    return constants_step(model, layout)(state)
 
 
 @functools.lru_cache(maxsize=8)
