@@ -450,6 +450,125 @@ def test_random_negatives_need_category_lists(mock_coco):
         build_coco(random_negatives=-1)
 
 
+def synthetic_tile(rng, tile, rectangles, num_classes, neg, not_exhaustive):
+    """`pad_to_canvas` of a tile x tile image holding `rectangles` [(y0, x0, y1, x1, label,
+    value)] in pixels, each filled with its value, with LVIS-style category lists."""
+    image = np.zeros((tile, tile, 3), np.float32)
+    for y0, x0, y1, x1, _, value in rectangles:
+        image[y0:y1, x0:x1] = value
+    boxes = np.array([r[:4] for r in rectangles], np.float32).reshape(-1, 4) / tile
+    n = len(rectangles)
+    example = {
+        "boxes": tf.constant(boxes),
+        "labels": tf.constant([r[4] for r in rectangles], tf.int32, [n]),
+        "is_crowd": tf.constant(rng.random(n) < 0.3, tf.bool, [n]),
+        "area": tf.constant(rng.integers(1, 99, n), tf.float32, [n]),
+        "image/id": tf.constant(int(rng.integers(1000)), tf.int64),
+        "orig_size": tf.constant([tile, tile], tf.int32),
+        "neg_category_ids": tf.constant(neg, tf.int32, [len(neg)]),
+        "not_exhaustive_category_ids": tf.constant(not_exhaustive, tf.int32, [len(not_exhaustive)]),
+    }
+    return detection_dataset.pad_to_canvas(tf.constant(image), example, tile, 4, num_classes)
+
+
+def stack(examples):
+    return tf.nest.map_structure(lambda *xs: tf.stack(xs), *examples)
+
+
+def test_a_one_by_one_mosaic_is_the_example_itself():
+    rng = np.random.default_rng(0)
+    tile = synthetic_tile(rng, 12, [(1, 2, 5, 9, 3, 40.0), (6, 0, 12, 4, 1, 90.0)], 6, [0, 5],
+                          [2])  # fmt: skip
+    mosaic = detection_dataset.assemble_mosaic(stack([tile]), n=1, image_size=12, max_boxes=4)
+    for got, expected in zip(tf.nest.flatten(mosaic), tf.nest.flatten(tile)):
+        np.testing.assert_array_equal(got.numpy(), expected.numpy())
+
+
+def test_mosaic_tiles_images_moves_boxes_and_merges_category_lists():
+    rng = np.random.default_rng(1)
+    tile, size, num_classes, max_boxes = 12, 25, 8, 5  # 2 x 12 = 24: one row and column pad
+    # Per tile: rectangles (pixels, label, value) and the category lists.
+    layout = [
+        ([(0, 0, 4, 6, 1, 10.0), (5, 6, 12, 12, 2, 20.0)], [3, 4, 7], [5]),
+        ([], [2, 6], []),
+        ([(2, 3, 9, 8, 3, 30.0)], [1], [4]),
+        ([(1, 1, 3, 11, 6, 40.0), (4, 0, 12, 5, 0, 50.0), (8, 7, 11, 12, 2, 60.0)], [], [7]),
+    ]
+    tiles = [synthetic_tile(rng, tile, rects, num_classes, neg, ne) for rects, neg, ne in layout]
+    mosaic = detection_dataset.assemble_mosaic(stack(tiles), 2, size, max_boxes)
+    image = mosaic["inputs"]["image"].numpy()
+    label = {k: v.numpy() for k, v in mosaic["label"].items()}
+    expected_mask = np.zeros((size, size), np.float32)
+    expected_mask[:24, :24] = 1.0
+    np.testing.assert_array_equal(mosaic["inputs"]["padding_mask"].numpy(), expected_mask)
+    objects = [(t, r) for t, entry in enumerate(layout) for r in entry[0]][:max_boxes]
+    assert label["box_mask"].tolist() == [1.0] * max_boxes  # 6 objects, the first 5 kept
+    assert label["labels"].tolist() == [r[4] for _, r in objects]
+    for j, (t, (y0, x0, y1, x1, _, value)) in enumerate(objects):
+        row, col = divmod(t, 2)
+        expected = np.array([col * tile + x0, row * tile + y0, col * tile + x1,
+                             row * tile + y1], np.float64)  # fmt: skip
+        xyxy = box_utils.cxcywh_to_xyxy(label["boxes"][j].astype(np.float64)) * size
+        np.testing.assert_allclose(xyxy, expected, atol=1e-4)
+        x0p, y0p, x1p, y1p = expected.astype(int)
+        np.testing.assert_allclose(image[y0p:y1p, x0p:x1p], value / 127.5 - 1.0, atol=1e-6)
+    positives = {r[4] for entry in layout for r in entry[0]}  # all tiles, truncated or not
+    not_exhaustive = {c for entry in layout for c in entry[2]}
+    negatives = {c for entry in layout for c in entry[1]} - positives - not_exhaustive
+    ids = label["neg_category_ids"]
+    assert sorted(ids[ids >= 0].tolist()) == sorted(negatives)
+    ids = label["not_exhaustive_category_ids"]
+    assert sorted(ids[ids >= 0].tolist()) == sorted(not_exhaustive)
+    assert label["size"].tolist() == [24, 24]
+
+
+@pytest.mark.parametrize(
+    ("sizes", "weights", "message"),
+    [
+        ((0,), None, r"mosaic_sizes=\(0,\): expected distinct sizes n in \[1, image_size=48\]"),
+        ((2, 2), None, "expected distinct sizes"),
+        ((1, 2), (1.0,), "one weight >= 0 per mosaic size"),
+        ((1, 2), (0.0, 0.0), "not all zero"),
+    ],
+)
+def test_bad_mosaic_settings_are_one_clear_error(mock_coco, sizes, weights, message):
+    with pytest.raises(ValueError, match=message):
+        build_coco(mosaic_sizes=sizes, mosaic_weights=weights)
+
+
+def test_mosaic_stream_tiles_its_sources_and_resumes(tmp_path):
+    labels = [[0, 1, 3], [1, 1], [2, 4, 1, 0], [3]]
+    write_tiny_lvis(tmp_path, labels, [[2], [0], [], [1]], [[], [], [3], []])
+    args = dict(data_dir=str(tmp_path), tfds_name="tiny_lvis", batch_size=4, eval_batch_size=4,
+                image_size=48, max_boxes=16, min_scale=1.0, max_scale=1.0, flip=False)  # fmt: skip
+    ds = build_coco(**args, mosaic_sizes=(2,))
+    batches = list(itertools.islice(ds.train_batches(), 3))
+    for batch in batches:
+        for row in range(4):
+            image = batch["inputs"]["image"][row]
+            label = batch["label"]
+            real = label["box_mask"][row] == 1
+            centers = label["boxes"][row][real][:, :2] * 48
+            for quadrant in range(4):
+                top, left = 24 * (quadrant // 2), 24 * (quadrant % 2)
+                # Source image i is filled with 50 * i: its tile says which image it is.
+                source = int(np.rint((image[top, left, 0] + 1.0) * 127.5 / 50))
+                inside = ((centers[:, 0] >= left) & (centers[:, 0] < left + 24)
+                          & (centers[:, 1] >= top) & (centers[:, 1] < top + 24))  # fmt: skip
+                assert label["labels"][row][real][inside].tolist() == labels[source]
+    resumed = next(build_coco(**args, mosaic_sizes=(2,)).train_batches(2))
+    for got, expected in zip(tf.nest.flatten(resumed), tf.nest.flatten(batches[2])):
+        np.testing.assert_array_equal(got, expected)
+    # Mixed sizes: 2 x 2 mosaics have image rows 24-39 in their lower tiles; a plain example
+    # (an 8 x 12 image resized to 32 x 48) has none below row 32.
+    mixed = build_coco(**args, mosaic_sizes=(1, 2), mosaic_weights=(1.0, 1.0))
+    masks = np.concatenate([b["inputs"]["padding_mask"]
+                            for b in itertools.islice(mixed.train_batches(), 8)])  # fmt: skip
+    is_mosaic = masks[:, 36, 5] == 1
+    assert np.all(masks[is_mosaic, 20, 5] == 0) and np.all(masks[~is_mosaic, 20, 5] == 1)
+    assert 0.2 < is_mosaic.mean() < 0.8  # 32 draws of a fair coin
+
+
 def test_lvis_rare_ids_are_the_337_rare_classes():
     rare = detection_dataset.excluded_label_ids("lvis_rare", 1203)
     assert len(rare) == 337 and len(set(rare)) == 337

@@ -254,6 +254,8 @@ def test_published_recipe(name, files):
     # Rare classes held out of training (zero-shot APr); 50 negatives per image.
     assert config.dataset_configs.exclude_train_labels == "lvis_rare"
     assert config.dataset_configs.random_negatives == 50
+    assert config.dataset_configs.mosaic_sizes == (1, 2, 3)
+    assert config.dataset_configs.mosaic_weights == (0.4, 0.3, 0.3)
     assert (config.batch_size, config.num_training_steps) == (256, steps)
     assert config.optimizer.name == "adam" and (config.optimizer.b1, config.optimizer.b2) == (
         0.9, 0.999)  # fmt: skip

@@ -110,10 +110,35 @@ def tfds_train_batches(
     decoders=None,
     options=None,
 ) -> Iterator[dict]:
-    """This host's training batches from a TFDS `builder`: its even share of `split`,
-    repeated and shuffled (files and a `shuffle_buffer`) by `seed`, each example mapped by
-    `train_example(index, example)` (the index seeds per-example randomness), batched to
+    """This host's training batches from a TFDS `builder`: `tfds_train_examples` batched to
     `host_batch` and resumed at `start_step` by skipping the batches before it."""
+    ds = tfds_train_examples(
+        builder,
+        split,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
+        shuffle_buffer=shuffle_buffer,
+        train_example=train_example,
+        decoders=decoders,
+    )
+    return batched_stream(ds, host_batch, start_step, options)
+
+
+def tfds_train_examples(
+    builder,
+    split: str,
+    *,
+    seed: int,
+    process_index: int,
+    process_count: int,
+    shuffle_buffer: int,
+    train_example: Callable,
+    decoders=None,
+):
+    """This host's stream of training examples (a `tf.data.Dataset`): its even share of
+    `split`, repeated and shuffled (files and a `shuffle_buffer`) by `seed`, each example
+    mapped by `train_example(index, example)` (the index seeds per-example randomness)."""
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
@@ -125,7 +150,12 @@ def tfds_train_batches(
     )
     ds = ds.repeat().shuffle(shuffle_buffer, seed=seed)
     map_fn = tf.autograph.experimental.do_not_convert(train_example)
-    ds = ds.enumerate().map(map_fn, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.enumerate().map(map_fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def batched_stream(ds, host_batch: int, start_step: int = 0, options=None) -> Iterator[dict]:
+    """NumPy batches of `host_batch` from the example stream `ds`, from batch `start_step`
+    on (the ones before it are read and skipped, so a resumed run sees the same stream)."""
     ds = ds.batch(host_batch, drop_remainder=True).skip(start_step).prefetch(2)
     return (ds.with_options(options) if options is not None else ds).as_numpy_iterator()
 

@@ -43,6 +43,8 @@ pad, and pad to full batches with `batch_mask` (every host yields `num_eval_batc
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from scenic.dataset_lib import dataset_utils
@@ -222,9 +224,7 @@ def pad_to_canvas(image, example: dict, image_size: int, max_boxes: int, num_cla
     num = tf.shape(boxes)[0]
 
     def pad_objects(x, value=0):
-        x = x[:max_boxes]
-        pad = [[0, max_boxes - tf.shape(x)[0]]] + [[0, 0]] * (x.shape.rank - 1)
-        return tf.ensure_shape(tf.pad(x, pad, constant_values=value), [max_boxes, *x.shape[1:]])
+        return pad_rows(x, max_boxes, value)
 
     label = {
         "labels": pad_objects(example["labels"]),
@@ -248,6 +248,109 @@ def pad_to_canvas(image, example: dict, image_size: int, max_boxes: int, num_cla
         },
         "label": label,
     }
+
+
+def pad_rows(x, count: int, value=0):
+    """The first `count` rows of `x`, padded with `value` to exactly `count`."""
+    import tensorflow as tf
+
+    x = x[:count]
+    pad = [[0, count - tf.shape(x)[0]]] + [[0, 0]] * (x.shape.rank - 1)
+    return tf.ensure_shape(tf.pad(x, pad, constant_values=value), [count, *x.shape[1:]])
+
+
+def assemble_mosaic(tiles: dict, n: int, image_size: int, max_boxes: int) -> dict:
+    """n x n padded examples (`pad_to_canvas`'s layout at tile size t = image_size // n,
+    stacked row-major on a leading axis of n * n) -> one example of `image_size`: the tiles
+    side by side (the canvas's remaining rows and columns are padding), each tile's boxes
+    moved into it, the real objects of all tiles in tile order (the first `max_boxes`), and
+    the category lists merged: not exhaustive in any tile; negative in some tile and neither
+    a positive nor not exhaustive anywhere in the mosaic. `image/id` and `orig_size` are
+    the first tile's, `size` the tiles' extent (n * t). n = 1 returns the example as is.
+    """
+    import tensorflow as tf
+
+    inputs, label = tiles["inputs"], tiles["label"]
+    tile = inputs["image"].shape[1]
+    extent = n * tile
+
+    def grid(x):  # [n * n, t, t, ...] -> [S, S, ...]
+        rest = list(x.shape[3:])
+        x = tf.reshape(x, [n, n, tile, tile, *rest])
+        x = tf.transpose(x, [0, 2, 1, 3, *range(4, 4 + len(rest))])
+        x = tf.reshape(x, [extent, extent, *rest])
+        pad = image_size - extent
+        return tf.pad(x, [[0, pad], [0, pad]] + [[0, 0]] * len(rest))
+
+    index = tf.range(n * n)
+    offsets = tf.cast(tf.stack([index % n, index // n], axis=1), tf.float32) * tile / image_size
+    scale = tile / image_size
+    boxes = label["boxes"]
+    boxes = tf.concat([boxes[..., :2] * scale + offsets[:, None, :], boxes[..., 2:] * scale], -1)
+    real = tf.reshape(label["box_mask"] > 0, [-1])
+
+    def objects(x, value=0):
+        flat = tf.reshape(x, [-1, *x.shape[2:]])
+        return pad_rows(tf.boolean_mask(flat, real), max_boxes, value)
+
+    merged = {
+        "labels": objects(label["labels"]),
+        "boxes": objects(boxes),
+        "box_mask": objects(label["box_mask"]),
+        "is_crowd": objects(label["is_crowd"], False),
+        "area": objects(label["area"]),
+        "image/id": label["image/id"][0],
+        "orig_size": label["orig_size"][0],
+        "size": tf.constant([extent, extent], tf.int32),
+    }
+    if "neg_category_ids" in label or "not_exhaustive_category_ids" in label:
+        num_classes = next(label[k] for k in CATEGORY_LIST_KEYS if k in label).shape[-1]
+
+        def present(ids):  # ids [..., k] padded with -1 -> [C] bool: in any row
+            ids = tf.reshape(ids, [-1])
+            ids = tf.boolean_mask(ids, ids >= 0)
+            return tf.scatter_nd(ids[:, None], tf.ones_like(ids), [num_classes]) > 0
+
+        positives = present(tf.where(tf.reshape(real, tf.shape(label["labels"])),
+                                     label["labels"], -1))  # fmt: skip
+        not_exhaustive = (
+            present(label["not_exhaustive_category_ids"])
+            if "not_exhaustive_category_ids" in label
+            else tf.zeros([num_classes], tf.bool)
+        )
+        lists = {"not_exhaustive_category_ids": not_exhaustive}
+        if "neg_category_ids" in label:
+            lists["neg_category_ids"] = (
+                present(label["neg_category_ids"]) & ~positives & ~not_exhaustive
+            )
+        for key, mask in lists.items():
+            if key in label:
+                ids = tf.cast(tf.where(mask)[:, 0], tf.int32)
+                merged[key] = pad_rows(ids, num_classes, -1)
+    return {
+        "inputs": {
+            "image": tf.ensure_shape(grid(inputs["image"]), [image_size, image_size, 3]),
+            "padding_mask": tf.ensure_shape(grid(inputs["padding_mask"]), [image_size, image_size]),
+        },
+        "label": merged,
+    }
+
+
+def check_mosaics(sizes, weights, image_size: int) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """`mosaic_sizes` (n for n x n mosaics) and `mosaic_weights` (their probabilities, any
+    positive scale) checked; ValueError names the bad value."""
+    sizes = tuple(int(n) for n in sizes)
+    weights = tuple(float(w) for w in (weights if weights is not None else [1.0] * len(sizes)))
+    if not sizes or any(not 1 <= n <= image_size for n in sizes) or len(set(sizes)) != len(sizes):
+        raise ValueError(
+            f"mosaic_sizes={sizes}: expected distinct sizes n in [1, image_size={image_size}]."
+        )
+    if len(weights) != len(sizes) or any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(
+            f"mosaic_weights={weights}: expected one weight >= 0 per mosaic size {sizes}, "
+            "not all zero."
+        )
+    return sizes, tuple(w / sum(weights) for w in weights)
 
 
 def input_meta_data(image_size: int) -> dict:
@@ -387,6 +490,8 @@ def build_coco_detection(
     shuffle_buffer: int = 1000,
     exclude_train_labels=(),
     random_negatives: int = 0,
+    mosaic_sizes=(1,),
+    mosaic_weights=None,
     hint: str = "",
 ) -> dataset_utils.Dataset:
     """Builds the detection pipeline for this host (`process_index` of `process_count`).
@@ -394,7 +499,12 @@ def build_coco_detection(
     Training examples only (evaluation keeps every class and list as annotated):
     `exclude_train_labels` (label ids, or 'lvis_rare') are removed (`exclude_labels`);
     `random_negatives` > 0 tops up each image's `neg_category_ids` to that many with random
-    classes (`add_random_negatives`; needs a data set with LVIS's category lists)."""
+    classes (`add_random_negatives`; needs a data set with LVIS's category lists);
+    `mosaic_sizes` (n) with `mosaic_weights` (probabilities; default equal) make each
+    training example an n x n mosaic of n * n images, each augmented at the tile size
+    `image_size // n` (`assemble_mosaic`; OWL-ViT's (1, 2, 3) with (0.4, 0.3, 0.3)). Each
+    size reads its own shuffled stream of the split; which size an example is, is drawn
+    from (seed, host, position), so the stream resumes exactly."""
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
@@ -415,6 +525,7 @@ def build_coco_detection(
             f"random_negatives={random_negatives} tops up LVIS's per-image "
             f"neg_category_ids, which TFDS data set {tfds_name!r} does not have."
         )
+    mosaic_sizes, mosaic_weights = check_mosaics(mosaic_sizes, mosaic_weights, image_size)
     num_train = split_size(info, train_split, tfds_name)
     num_eval = split_size(info, eval_split, tfds_name)
     decoders = {"image": tfds.decode.SkipDecoding()}  # decoded in `decode_example`
@@ -424,8 +535,11 @@ def build_coco_detection(
     def decode(example):
         return decode_example(example, info.features["image"])
 
-    def train_example(index, example):
+    def transform(index, example, size: int, stream: int = 0):
+        """One augmented example at canvas `size`; `stream` > 0 names a mosaic stream."""
         stream_seed = tf.stack([tf.cast(seed, tf.int64), index * process_count + process_index])
+        if stream:
+            stream_seed = tf.random.experimental.stateless_fold_in(stream_seed, 10 + stream)
         u = tf.random.stateless_uniform([4], seed=stream_seed)
         decoded = decode(example)
         if excluded:
@@ -438,7 +552,7 @@ def build_coco_detection(
         return train_transform(
             decoded,
             u,
-            image_size=image_size,
+            image_size=size,
             max_boxes=max_boxes,
             num_classes=num_classes,
             min_scale=min_scale,
@@ -446,19 +560,44 @@ def build_coco_detection(
             flip=flip,
         )
 
-    def train_batches(start_step: int = 0):
-        return dataset_utils.tfds_train_batches(
+    def examples(train_example, stream_seed):
+        return dataset_utils.tfds_train_examples(
             builder,
             train_split,
-            seed=seed,
+            seed=stream_seed,
             process_index=process_index,
             process_count=process_count,
             shuffle_buffer=shuffle_buffer,
-            host_batch=host_batch,
             train_example=train_example,
-            start_step=start_step,
             decoders=decoders,
         )
+
+    def mosaics():
+        """Examples drawn from one stream per mosaic size (`assemble_mosaic`)."""
+        streams = []
+        for k, n in enumerate(mosaic_sizes):
+            tile_example = functools.partial(transform, size=image_size // n, stream=k + 1)
+            assemble = functools.partial(
+                assemble_mosaic, n=n, image_size=image_size, max_boxes=max_boxes
+            )
+            tiles = examples(tile_example, seed + k + 1).batch(n * n, drop_remainder=True)
+            streams.append(tiles.map(assemble, num_parallel_calls=tf.data.AUTOTUNE))
+        logits = tf.math.log(tf.constant([mosaic_weights], tf.float32))
+
+        def choose(i):
+            draw_seed = tf.stack([tf.cast(seed, tf.int64), i * process_count + process_index])
+            draw_seed = tf.random.experimental.stateless_fold_in(draw_seed, 2)
+            return tf.random.stateless_categorical(logits, 1, seed=draw_seed)[0, 0]
+
+        choices = tf.data.Dataset.range(2**62).map(choose)
+        return tf.data.Dataset.choose_from_datasets(streams, choices)
+
+    def train_batches(start_step: int = 0):
+        if mosaic_sizes == (1,):
+            stream = examples(functools.partial(transform, size=image_size), seed)
+        else:
+            stream = mosaics()
+        return dataset_utils.batched_stream(stream, host_batch, start_step)
 
     def eval_example(example):
         return eval_transform(decode(example), image_size, max_boxes, num_classes)

@@ -21,7 +21,7 @@ and TFDS `lvis` prepared; both paths are placeholders that the command above set
 Recipe: batch 256, 140,000 steps, Adam (0.9, 0.999), lr 5e-5 (image tower and heads) and
 2e-6 (text tower), 1,000 warmup steps then cosine, clipping at 1.0, focal alpha 0.3,
 gamma 2, class / L1 / GIoU weights 1 / 1 / 1, federated loss, 300 detections per image.
-Differences from the original: as listed in `owl_vit_b32_lvis` (no mosaics,
+Differences from the original: as listed in `owl_vit_b32_lvis` (no
 per-example clipping or stochastic depth; [-1, 1] pixels). LVIS rare classes are held out
 of training, as the original does.
 """

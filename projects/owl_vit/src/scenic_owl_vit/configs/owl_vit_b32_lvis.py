@@ -37,7 +37,9 @@ then cosine decay to 0; gradient clipping at global norm 1.0; Hungarian matching
 and GIoU weights 1, 1, 1; class-logit bias initialised for a prior of 0.01 (the original's
 `prior_prob`); at most 100 boxes per image; the heads start fresh (`init_from.reinit`),
 both towers from CLIP (the image position embedding resampled from 7x7 to 24x24, the
-text one cut to 16 tokens). Prompts: in training one random template per class and step
+text one cut to 16 tokens); training images are 1x1, 2x2 or 3x3 mosaics (probabilities
+0.4, 0.3, 0.3; `dataset_configs.mosaic_sizes`, each image augmented at its tile's size).
+Prompts: in training one random template per class and step
 from `TRAINING_PROMPT_TEMPLATES` (the class name alone plus CLIP's 80 ImageNet
 templates, the original's `add_random_prompts`); the original's evaluator averages the
 logits of `EVAL_PROMPT_TEMPLATES` (CLIP's 7 best), as `scenic-owl-vit eval --workdir W
@@ -47,8 +49,7 @@ evaluation pass, `OwlViTDetectionModel.eval_constants`, and the logits are forme
 each class's mean normalised embedding).
 
 Differences from the published recipe (what the core cannot do yet):
-  - no mosaics (the original: 1x1, 2x2, 3x3 with probabilities 0.4, 0.3, 0.3) and no
-    per-image query sets: every step queries all 1,203 class names, with the federated
+  - no per-image query sets: every step queries all 1,203 class names, with the federated
     loss (`federated_loss`) counting only each image's positives and negatives (LVIS's
     verified negatives topped up to 50 with random unannotated classes,
     `random_negatives`, our reading of the original's random negative labels);
@@ -173,6 +174,9 @@ def lvis_config(
             "shuffle_buffer": 1000,
             "exclude_train_labels": "lvis_rare",  # held out: APr is zero-shot
             "random_negatives": 50,  # negatives per training image, topped up at random
+            # The original's mosaics: 1x1, 2x2 and 3x3 with probabilities 0.4, 0.3, 0.3.
+            "mosaic_sizes": (1, 2, 3),
+            "mosaic_weights": (0.4, 0.3, 0.3),
         }
     )
 

@@ -23,7 +23,7 @@ tokenizer), and TFDS `lvis` prepared; both paths are placeholders that the comma
 sets. Evaluation embeds 81 templates x 1,203 classes as queries and holds their logits for
 3,600 tokens (~1.4 GB an image): lower `eval_batch_size` if an accelerator runs out of
 memory, or evaluate with the original evaluator's 7 templates (`owl_vit_l14_lvis:eval`).
-Differences from the original: as listed in `owl_vit_b32_lvis` (no mosaics,
+Differences from the original: as listed in `owl_vit_b32_lvis` (no
 per-example clipping or stochastic depth; [-1, 1] pixels). LVIS rare classes are held out
 of training, as the original does.
 """

@@ -37,7 +37,7 @@ federated, 300 detections per image, the same prompt templates). Every parameter
 heads included, comes from the checkpoint (nothing is reinitialised).
 
 Differences from the original OWLv2 recipe, besides those listed in `owl_vit_b32_lvis`
-(no mosaics, per-example clipping, stochastic depth; [-1, 1] pixels):
+(no per-example clipping, stochastic depth; [-1, 1] pixels):
   - the objectness head is not trained: the core criterion has no objectness loss, so it
     keeps the checkpoint's weights (its inputs are stop-gradient, as the original's);
   - no token dropping or objectness-based instance selection during training.
