@@ -167,19 +167,6 @@ def test_text_pooled_at_eot_is_blind_to_what_follows_and_to_length(tiny):
 # ---------------------------------------------------------------- contrastive loss
 
 
-def numpy_contrastive_loss(image, text, scale):
-    """float64 reference: mean over both directions of the cross-entropy of the diagonal."""
-    image, text = np.asarray(image, np.float64), np.asarray(text, np.float64)
-    logits = scale * image @ text.T
-
-    def cross_entropy(z):
-        z = z - z.max(axis=1, keepdims=True)
-        log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-        return -np.mean(np.diag(log_probs))
-
-    return 0.5 * (cross_entropy(logits) + cross_entropy(logits.T))
-
-
 def random_embeddings(seed, batch=6, dim=5):
     rng = np.random.default_rng(seed)
     image, text = rng.normal(size=(2, batch, dim)).astype(np.float32)
@@ -187,7 +174,7 @@ def random_embeddings(seed, batch=6, dim=5):
             text / np.linalg.norm(text, axis=1, keepdims=True))  # fmt: skip
 
 
-def test_contrastive_loss_against_float64_numpy():
+def test_contrastive_loss_against_float64_numpy(numpy_contrastive_loss):
     image, text = random_embeddings(0)
     for scale in (1.0, 14.3, 100.0):
         loss = clip.contrastive_loss(image, text, scale)
@@ -228,7 +215,9 @@ _PMAP_CHECK = textwrap.dedent("""
 """)
 
 
-def test_contrastive_loss_gathers_the_global_batch_across_two_devices(tmp_path):
+def test_contrastive_loss_gathers_the_global_batch_across_two_devices(
+    tmp_path, numpy_contrastive_loss
+):
     """Under jax.pmap over 2 CPU devices (a subprocess: the device count is fixed at JAX's
     import), the gathered loss and its gradients are the global batch's."""
     image, text = random_embeddings(1, batch=8)

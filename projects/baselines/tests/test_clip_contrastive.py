@@ -46,20 +46,9 @@ def encode_text(model, params, texts):
     return model.flax_model.apply({"params": params}, tokens, method=clip.CLIP.encode_text)
 
 
-def numpy_contrastive_loss(image, text, scale):
-    """float64: the mean of the image->text and text->image cross-entropies, pair i = row i."""
-    image, text = np.asarray(image, np.float64), np.asarray(text, np.float64)
-    logits = scale * image @ text.T
-
-    def cross_entropy(z):
-        z = z - z.max(axis=1, keepdims=True)
-        log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-        return -np.mean(np.diag(log_probs))
-
-    return 0.5 * (cross_entropy(logits) + cross_entropy(logits.T))
-
-
-def test_training_captions_each_image_with_its_class_in_a_random_template(tiny):
+def test_training_captions_each_image_with_its_class_in_a_random_template(
+    tiny, numpy_contrastive_loss
+):
     model, params, images = tiny
     labels = np.array([2, 0, 2, 1, 0])
     apply = jax.jit(
@@ -92,7 +81,7 @@ def test_training_captions_each_image_with_its_class_in_a_random_template(tiny):
     assert len(chosen) == 9  # every class got every template at some step
 
 
-def test_captions_in_the_batch_replace_the_class_prompts(tiny):
+def test_captions_in_the_batch_replace_the_class_prompts(tiny, numpy_contrastive_loss):
     model, params, images = tiny
     captions = ["a seven", "zero", "two dogs", "one", "nine nine"]
     tokens = clip_tokenizer.ByteTokenizer().tokenize(captions, TINY["context_length"])

@@ -31,9 +31,7 @@ import ml_collections
 from scenic.common_lib.config_utils import ConfigError
 from scenic.model_lib import model_utils
 from scenic.model_lib.base_models.classification_model import ClassificationModel
-from scenic_baselines import clip, clip_tokenizer
-
-DEFAULT_TEMPLATES = ("{}",)
+from scenic_baselines import class_prompts, clip
 
 
 class CaptionedCLIP(clip.CLIP):
@@ -87,45 +85,24 @@ class CaptionedCLIP(clip.CLIP):
         return jnp.asarray(self.class_tokens, jnp.int32)
 
 
-class CLIPContrastiveModel(ClassificationModel):
-    """CLIP's contrastive training and zero-shot evaluation (module docstring)."""
+class CLIPContrastiveModel(class_prompts.ClassPrompts, ClassificationModel):
+    """CLIP's contrastive training and zero-shot evaluation (module docstring); the class
+    prompts and the once-per-pass zero-shot classifier come from `ClassPrompts`."""
 
-    config_keys = (*ClassificationModel.config_keys, "tokenizer", "tokenizer_path",
-                   "prompt_templates", "class_names")  # fmt: skip
-
-    @property
-    def templates(self) -> tuple[str, ...]:
-        templates = tuple(self.config.get("prompt_templates") or DEFAULT_TEMPLATES)
-        for template in templates:
-            if template.count("{}") != 1:
-                raise ConfigError(
-                    f"prompt_templates: {template!r} must hold exactly one '{{}}' for the "
-                    "class name."
-                )
-        return templates
+    config_keys = (*ClassificationModel.config_keys, *class_prompts.CONFIG_KEYS, "class_names")
 
     def build_flax_model(self):
         kwargs = clip_kwargs(self.config.model)
-        self.tokenizer = clip_tokenizer.from_config(
-            self.config.get("tokenizer") or "clip", self.config.get("tokenizer_path")
-        )
-        vocab_size = kwargs.get("vocab_size", clip.CLIP.vocab_size)
-        if self.tokenizer.vocab_size > vocab_size:
-            raise ConfigError(
-                f"model.vocab_size {vocab_size} is smaller than the tokenizer's "
-                f"{self.tokenizer.vocab_size} ids."
-            )
         names = self.config.get("class_names") or self.dataset_meta_data.get("class_names")
-        tokens = None
-        if names:
-            names = list(names)
-            if self.num_classes and len(names) != self.num_classes:
-                raise ConfigError(
-                    f"class_names: {len(names)} names for a data set of {self.num_classes} classes."
-                )
-            length = kwargs.get("context_length", clip.CLIP.context_length)
-            ids = clip_tokenizer.prompt_tokens(self.tokenizer, names, self.templates, length)
-            tokens = tuple(tuple(map(tuple, template)) for template in ids.tolist())
+        if names and self.num_classes and len(names) != self.num_classes:
+            raise ConfigError(
+                f"class_names: {len(names)} names for a data set of {self.num_classes} classes."
+            )
+        tokens = self.class_prompt_tokens(
+            list(names or ()),
+            kwargs.get("vocab_size", clip.CLIP.vocab_size),
+            kwargs.get("context_length", clip.CLIP.context_length),
+        )
         return CaptionedCLIP(class_tokens=tokens, **kwargs)
 
     def loss_and_metrics(self, outputs, batch, model_params=None, axis_name=None):
@@ -145,15 +122,6 @@ class CLIPContrastiveModel(ClassificationModel):
             correct = (jnp.argmax(images @ classes.T, axis=-1) == labels).astype(jnp.float32)
             metrics["class_accuracy"] = model_utils.sum_and_normalizer(correct, None, axis_name)
         return loss + self.l2_term(model_params), metrics
-
-    def eval_constants(self, variables):
-        """The zero-shot classifier `[C, E]`, once per evaluation pass."""
-        if self.flax_model.class_tokens is None:
-            return None
-        return self.flax_model.apply(variables, method=CaptionedCLIP.class_queries)
-
-    def eval_apply(self, variables, inputs, constants=None):
-        return self.flax_model.apply(variables, inputs, train=False, class_queries=constants)
 
     @classmethod
     def model_config_keys(cls) -> tuple[str, ...]:

@@ -37,7 +37,7 @@ import numpy as np
 from scenic.common_lib.config_utils import ConfigError
 from scenic.model_lib.base_models import detection_model
 from scenic.model_lib.base_models.detection_model import DetectionModel
-from scenic_baselines import clip_tokenizer
+from scenic_baselines import class_prompts
 from scenic_owl_vit import model as owl_model
 
 #: OWL-ViT's criterion settings (the original's configs) where they differ from DETR's.
@@ -49,7 +49,6 @@ OWL_VIT_DEFAULTS = {
     "bbox_loss_coef": 1.0,
     "giou_loss_coef": 1.0,
 }
-DEFAULT_TEMPLATES = ("{}",)
 #: CLIP's image normalisation (mean and std of [0, 1] pixels).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -113,11 +112,11 @@ def to_clip_pixels(images):
     return ((images + 1.0) / 2.0 - mean) / std
 
 
-class OwlViTDetectionModel(DetectionModel):
-    """OWL-ViT (v1 or v2) through the core `DetectionModel` criterion and evaluation."""
+class OwlViTDetectionModel(class_prompts.ClassPrompts, DetectionModel):
+    """OWL-ViT (v1 or v2) through the core `DetectionModel` criterion and evaluation; the
+    class prompts and their once-per-pass queries come from `ClassPrompts`."""
 
-    config_keys = (*DetectionModel.config_keys, "tokenizer", "tokenizer_path",
-                   "prompt_templates")  # fmt: skip
+    config_keys = (*DetectionModel.config_keys, *class_prompts.CONFIG_KEYS)
 
     def option(self, key: str):
         value = self.config.get(key)
@@ -132,47 +131,14 @@ class OwlViTDetectionModel(DetectionModel):
                 "OWL-ViT has no background class: class_loss must be 'sigmoid_focal'."
             )
 
-    @property
-    def templates(self) -> tuple[str, ...]:
-        templates = tuple(self.config.get("prompt_templates") or DEFAULT_TEMPLATES)
-        for template in templates:
-            if template.count("{}") != 1:
-                raise ConfigError(
-                    f"prompt_templates: {template!r} must hold exactly one '{{}}' for the "
-                    "class name."
-                )
-        return templates
-
     def build_flax_model(self):
         kwargs = owl_kwargs(self.config.model)
-        self.tokenizer = clip_tokenizer.from_config(
-            self.config.get("tokenizer") or "clip", self.config.get("tokenizer_path")
+        tokens = self.class_prompt_tokens(
+            self.dataset_meta_data.get("class_names"),
+            kwargs["vocab_size"],
+            kwargs["context_length"],
         )
-        if self.tokenizer.vocab_size > kwargs["vocab_size"]:
-            raise ConfigError(
-                f"model.vocab_size {kwargs['vocab_size']} is smaller than the tokenizer's "
-                f"{self.tokenizer.vocab_size} ids."
-            )
-        names = self.dataset_meta_data.get("class_names")
-        tokens = None
-        if names:
-            ids = clip_tokenizer.prompt_tokens(
-                self.tokenizer, names, self.templates, kwargs["context_length"]
-            )
-            # Nested tuples: a hashable module attribute, like every other one.
-            tokens = tuple(tuple(map(tuple, template)) for template in ids.tolist())
         return OWLViTDetector(class_tokens=tokens, **kwargs)
-
-    def eval_constants(self, variables):
-        """The class names' queries (`OWLViTDetector.class_queries`), once per evaluation
-        pass: the text tower runs on templates x classes (LVIS: 1,203 names) once a pass,
-        not once a batch."""
-        if self.flax_model.class_tokens is None:
-            return None
-        return self.flax_model.apply(variables, method=OWLViTDetector.class_queries)
-
-    def eval_apply(self, variables, inputs, constants=None):
-        return self.flax_model.apply(variables, inputs, train=False, class_queries=constants)
 
     def tokenize(self, texts) -> np.ndarray:
         """`[Q, L]` token ids of free-text queries, at the text tower's context length."""
