@@ -97,32 +97,14 @@ def train_example_indices(
 
 
 def tfds_train_batches(
-    builder,
-    split: str,
-    *,
-    seed: int,
-    process_index: int,
-    process_count: int,
-    shuffle_buffer: int,
-    host_batch: int,
-    train_example: Callable,
-    start_step: int = 0,
-    decoders=None,
-    options=None,
+    builder, split: str, *, host_batch: int, start_step: int = 0, options=None, **stream
 ) -> Iterator[dict]:
-    """This host's training batches from a TFDS `builder`: `tfds_train_examples` batched to
-    `host_batch` and resumed at `start_step` by skipping the batches before it."""
-    ds = tfds_train_examples(
-        builder,
-        split,
-        seed=seed,
-        process_index=process_index,
-        process_count=process_count,
-        shuffle_buffer=shuffle_buffer,
-        train_example=train_example,
-        decoders=decoders,
-    )
-    return batched_stream(ds, host_batch, start_step, options)
+    """This host's training batches from a TFDS `builder`: `tfds_train_examples(builder,
+    split, **stream)` (seed, process_index, process_count, shuffle_buffer, train_example,
+    decoders) batched to `host_batch` and resumed at `start_step` by skipping the batches
+    before it."""
+    return batched_stream(tfds_train_examples(builder, split, **stream), host_batch, start_step,
+                          options)  # fmt: skip
 
 
 def tfds_train_examples(
