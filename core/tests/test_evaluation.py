@@ -34,6 +34,9 @@ class ShiftedLogits(ClassificationModel):
     def build_flax_model(self):
         return FixedLogits()
 
+    def has_eval_constants(self):
+        return True
+
     def count_run(self):
         self.constant_runs += 1
 

@@ -146,6 +146,30 @@ def test_imported_parameters_are_the_model_s_tree(hf):
     assert shapes == jax.tree.map(lambda x: x.shape, fresh["params"])
 
 
+def test_init_from_format_reads_the_folder_for_the_clip_model(hf):
+    from flax.traverse_util import flatten_dict
+
+    from scenic.train_lib import pretrained_init
+
+    case = hf["first_eos_id"]
+    _, params = clip_weights.load_hf_clip(case["folder"])
+    expected = flatten_dict(params, sep="/")
+    read = clip_weights.read_hf_clip_for_init(case["folder"], {})
+    assert sorted(read) == sorted(expected)
+    for name, value in read.items():
+        np.testing.assert_array_equal(value, np.asarray(expected[name], np.float32))
+    # A shorter text tower reads CLIP's first positions.
+    shorter = clip_weights.read_hf_clip_for_init(
+        case["folder"], {clip_weights.TEXT_POSEMB: (1, 5, WIDTH)}
+    )
+    np.testing.assert_array_equal(
+        shorter[clip_weights.TEXT_POSEMB], read[clip_weights.TEXT_POSEMB][:, :5]
+    )
+    # Named explicitly, never detected (OWL-ViT's own format reads the same folders).
+    assert "hf_clip" in pretrained_init.list_formats()
+    assert pretrained_init.detect_format(case["folder"]) != "hf_clip"
+
+
 # ---------------------------------------------------------------- negative controls
 
 

@@ -16,7 +16,6 @@ import logging
 import jax
 import numpy as np
 
-from scenic.model_lib.base_models import base_model
 from scenic.train_lib import layouts, steps, summaries
 
 logger = logging.getLogger("scenic")
@@ -55,9 +54,9 @@ def evaluate(
 
 def pass_constants(model, layout, state):
     """The model's `eval_constants` for one pass over `state`; None, without compiling or
-    running anything, for a model that does not define them (a pmapped function with no
+    running anything, unless `model.has_eval_constants()` (a pmapped function with no
     outputs fails in a multi-process run)."""
-    if type(model).eval_constants is base_model.BaseModel.eval_constants:
+    if not model.has_eval_constants():
         return None
     return constants_step(model, layout)(state)
 

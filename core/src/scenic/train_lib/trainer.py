@@ -417,9 +417,11 @@ def log_model_size(model, state: TrainState) -> float | None:
     not a cost of each example."""
     params = state.params
     params_spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
-    constants_spec = jax.eval_shape(
-        lambda p: model.eval_constants({"params": p, **state.model_state}), params_spec
-    )
+    constants_spec = None
+    if model.has_eval_constants():
+        constants_spec = jax.eval_shape(
+            lambda p: model.eval_constants({"params": p, **state.model_state}), params_spec
+        )
     if constants_spec is None:
         flops = debug_utils.model_flops(
             lambda p, x: model.inference_apply({"params": p, **state.model_state}, x),

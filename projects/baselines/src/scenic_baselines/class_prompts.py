@@ -51,11 +51,12 @@ class ClassPrompts:
         )
         return tuple(tuple(map(tuple, template)) for template in ids.tolist())
 
+    def has_eval_constants(self) -> bool:
+        return self.flax_model.class_tokens is not None
+
     def eval_constants(self, variables):
         """The class names' queries, once per evaluation pass: the text tower runs on
         templates x classes (LVIS: 1,203 names) once a pass, not once a batch."""
-        if self.flax_model.class_tokens is None:
-            return None
         return self.flax_model.apply(variables, method=type(self.flax_model).class_queries)
 
     def eval_apply(self, variables, inputs, constants=None):

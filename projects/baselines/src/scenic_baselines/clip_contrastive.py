@@ -27,6 +27,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from scenic.common_lib.config_utils import ConfigError
 from scenic.model_lib import model_utils
@@ -35,14 +36,15 @@ from scenic_baselines import class_prompts, clip
 
 
 class CaptionedCLIP(clip.CLIP):
-    """`clip.CLIP` on classification batches. `__call__(inputs, train)`:
+    """`clip.CLIP` on classification or image-caption batches. `__call__(inputs, train)`:
 
-    training  a dict: `image_embeddings` `[B, E]`, `text_embeddings` `[B, E]` (the batch's
-              `text_tokens`, or None when the captions are the class prompts),
-              `class_embeddings` `[C, E]` (one random template per class; None with
-              `text_tokens`), `logit_scale`;
-    eval      logits `[B, C]` against `class_queries` (`self.class_queries()`, the
-              template-averaged zero-shot classifier; computed here when not given).
+    captions  (`inputs['text_tokens']` given, training or not) a dict: `image_embeddings`
+              `[B, E]`, `text_embeddings` `[B, E]`, `class_embeddings` None, `logit_scale`;
+    training  without captions, the same dict with `text_embeddings` None and
+              `class_embeddings` `[C, E]` (one random template per class);
+    eval      without captions, logits `[B, C]` against `class_queries`
+              (`self.class_queries()`, the template-averaged zero-shot classifier;
+              computed here when not given).
     """
 
     class_tokens: tuple | None = None  # [T, C, L] token ids of the class prompts
@@ -51,7 +53,7 @@ class CaptionedCLIP(clip.CLIP):
         images = inputs["image"] if isinstance(inputs, dict) else inputs
         tokens = inputs.get("text_tokens") if isinstance(inputs, dict) else None
         image_embeddings = self.encode_image(images, train=train)
-        if not train:
+        if not train and tokens is None:
             queries = self.class_queries() if class_queries is None else class_queries
             return self.scale() * image_embeddings @ queries.T
         outputs = {"image_embeddings": image_embeddings, "logit_scale": self.scale()}
@@ -94,9 +96,10 @@ class CLIPContrastiveModel(class_prompts.ClassPrompts, ClassificationModel):
     def build_flax_model(self):
         kwargs = clip_kwargs(self.config.model)
         names = self.config.get("class_names") or self.dataset_meta_data.get("class_names")
-        if names and self.num_classes and len(names) != self.num_classes:
+        num_classes = self.dataset_meta_data.get("num_classes")  # None: image-caption data
+        if names and num_classes and len(names) != num_classes:
             raise ConfigError(
-                f"class_names: {len(names)} names for a data set of {self.num_classes} classes."
+                f"class_names: {len(names)} names for a data set of {num_classes} classes."
             )
         tokens = self.class_prompt_tokens(
             list(names or ()),
@@ -110,9 +113,9 @@ class CLIPContrastiveModel(class_prompts.ClassPrompts, ClassificationModel):
         metrics: that loss, and `class_accuracy` (each image's nearest class prompt of this
         step is its label's; only without the batch's own captions)."""
         images = outputs["image_embeddings"]
-        labels = class_ids(batch["label"])
         texts = outputs["text_embeddings"]
         classes = outputs["class_embeddings"]
+        labels = None if classes is None else class_ids(batch["label"])
         if texts is None:
             texts = classes[labels]
         loss = clip.contrastive_loss(images, texts, outputs["logit_scale"], axis_name)
@@ -123,6 +126,28 @@ class CLIPContrastiveModel(class_prompts.ClassPrompts, ClassificationModel):
             metrics["class_accuracy"] = model_utils.sum_and_normalizer(correct, None, axis_name)
         return loss + self.l2_term(model_params), metrics
 
+    # Evaluation on image-caption batches (dict outputs): retrieval over the whole eval set.
+    # On classification batches (logits): the classification metrics.
+
+    def get_metrics(self, logits, batch, axis_name=None):
+        return {} if isinstance(logits, dict) else super().get_metrics(logits, batch, axis_name)
+
+    def eval_totals(self, logits, batch, axis_name=None):
+        return {} if isinstance(logits, dict) else super().eval_totals(logits, batch, axis_name)
+
+    def eval_examples(self, logits, batch):
+        if isinstance(logits, dict):
+            return {k: logits[k] for k in ("image_embeddings", "text_embeddings")}
+        return super().eval_examples(logits, batch)
+
+    def global_metrics(self, totals, examples):
+        """Image-caption evaluation: recall@1 and @5 of retrieving each image's caption among
+        all the eval set's captions (`image_to_text_R@k`) and each caption's image
+        (`text_to_image_R@k`), by cosine similarity."""
+        if "image_embeddings" not in examples:
+            return super().global_metrics(totals, examples)
+        return retrieval_recalls(examples["image_embeddings"], examples["text_embeddings"])
+
     @classmethod
     def model_config_keys(cls) -> tuple[str, ...]:
         excluded = ("parent", "name", "class_tokens")
@@ -132,6 +157,21 @@ class CLIPContrastiveModel(class_prompts.ClassPrompts, ClassificationModel):
     @classmethod
     def check_config(cls, config: ml_collections.ConfigDict) -> None:
         clip_kwargs(config.model)
+
+
+def retrieval_recalls(images, texts, ks=(1, 5)) -> dict[str, float]:
+    """Recall@k both ways of paired embeddings `[N, E]` (pair i = row i), by dot product;
+    a tie with the right item counts against it (ranked by how many score strictly more,
+    plus ties)."""
+    similarity = np.asarray(images, np.float64) @ np.asarray(texts, np.float64).T
+    metrics = {}
+    for name, scores in (("image_to_text", similarity), ("text_to_image", similarity.T)):
+        right = np.diag(scores)[:, None]
+        others = scores >= right
+        rank = others.sum(axis=1) - 1  # items scoring at least the right one, itself excluded
+        for k in ks:
+            metrics[f"{name}_R@{k}"] = float(np.mean(rank < k))
+    return metrics
 
 
 def class_ids(label):

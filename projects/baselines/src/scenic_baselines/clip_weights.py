@@ -249,3 +249,59 @@ def params_from_hf_clip(state_dict: Mapping, kwargs: Mapping) -> dict:
 
 def _prefixed(prefix: str, tree: Mapping) -> dict:
     return {f"{prefix}{name}": value for name, value in tree.items()}
+
+
+# ---------------------------------------------------------------- init_from
+
+TEXT_POSEMB = "text/posembed_input/pos_embedding"
+
+
+def read_hf_clip_for_init(
+    path: pathlib.Path, model_shapes: Mapping[str, tuple]
+) -> dict[str, np.ndarray]:
+    """A Hugging Face `CLIPModel` folder's parameters, '/'-joined, float32, for `init_from`:
+    the text position embedding is cut to the model's context length when that is shorter
+    (CLIP's first positions: what a shorter text tower, e.g. OWL-ViT's 16, reads)."""
+    folder = pathlib.Path(path)
+    kwargs = clip_kwargs_from_hf_config(read_hf_config(folder))
+    params = params_from_hf_clip(read_hf_state_dict(folder), kwargs)
+    flat = {
+        name: np.asarray(value, np.float32)
+        for name, value in flax.traverse_util.flatten_dict(params, sep="/").items()
+    }
+    wanted = model_shapes.get(TEXT_POSEMB)
+    have = flat[TEXT_POSEMB]
+    if wanted is not None and len(wanted) == 3 and wanted[1] < have.shape[1]:
+        flat[TEXT_POSEMB] = have[:, : wanted[1]]
+    return flat
+
+
+def read_hf_config(folder: pathlib.Path) -> dict:
+    """A Hugging Face folder's config.json; PretrainedInitError says what is wrong."""
+    config_file = pathlib.Path(folder) / "config.json"
+    if not config_file.is_file():
+        raise PretrainedInitError("the folder holds no config.json.")
+    try:
+        config = json.loads(config_file.read_text())
+    except ValueError as error:
+        raise PretrainedInitError(f"config.json is not JSON: {error}") from None
+    if not isinstance(config, dict):
+        raise PretrainedInitError("config.json does not hold a JSON object.")
+    return config
+
+
+def _register_init_format() -> None:
+    from scenic.train_lib import pretrained_init
+
+    pretrained_init.register_format(
+        pretrained_init.CheckpointFormat(
+            "hf_clip",
+            "a Hugging Face CLIPModel folder, for model 'clip' (set init_from.format)",
+            # Never detected: OWL-ViT's 'hf_clip_for_owl_vit' reads the same folders.
+            lambda path: False,
+            read_hf_clip_for_init,
+        )
+    )
+
+
+_register_init_format()

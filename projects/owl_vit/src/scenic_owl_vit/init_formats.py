@@ -58,7 +58,6 @@ from scenic_owl_vit import original_weights, weights
 #: (`init_from.reinit` for 'hf_clip_for_owl_vit'); the objectness head is OWLv2's.
 HEAD_PATTERNS = ("merged_norm/.*", "class_head/.*", "box_head/.*")
 OBJECTNESS_PATTERN = "objectness_head/.*"
-TEXT_POSEMB = "clip/text/posembed_input/pos_embedding"
 #: How many leading bytes of a msgpack file `detect` reads.
 SNIFF_BYTES = 1 << 20
 #: msgpack's encodings of the map keys 'backbone' and 'clip' (fixstr: 0xa0 + length).
@@ -110,16 +109,13 @@ def is_original_checkpoint(path: pathlib.Path) -> bool:
 
 
 def read_hf_clip(path: pathlib.Path, model_shapes: Mapping[str, tuple]) -> dict[str, np.ndarray]:
-    """A Hugging Face CLIPModel folder's towers under OWL-ViT's names ('clip/...')."""
+    """A Hugging Face CLIPModel folder's towers under OWL-ViT's names ('clip/...'), read by
+    `clip_weights.read_hf_clip_for_init` (which cuts the text position embedding)."""
     kwargs = clip_weights.clip_kwargs_from_hf_config(_hf_config(path))
     _check_towers(kwargs, model_shapes)
-    params = clip_weights.params_from_hf_clip(clip_weights.read_hf_state_dict(path), kwargs)
-    flat = {f"clip/{name}": value for name, value in _flat(params).items()}
-    wanted = model_shapes.get(TEXT_POSEMB)
-    have = flat[TEXT_POSEMB]
-    if wanted is not None and len(wanted) == 3 and wanted[1] < have.shape[1]:
-        flat[TEXT_POSEMB] = have[:, : wanted[1]]  # OWL-ViT reads CLIP's first positions
-    return flat
+    tower_shapes = {name.removeprefix("clip/"): shape for name, shape in model_shapes.items()}
+    flat = clip_weights.read_hf_clip_for_init(path, tower_shapes)
+    return {f"clip/{name}": value for name, value in flat.items()}
 
 
 def read_original(path: pathlib.Path, model_shapes: Mapping[str, tuple]) -> dict[str, np.ndarray]:
@@ -140,16 +136,7 @@ def read_hf_owl_vit(path: pathlib.Path, model_shapes: Mapping[str, tuple]) -> di
 
 
 def _hf_config(path: pathlib.Path) -> dict:
-    config_file = pathlib.Path(path) / "config.json"
-    if not config_file.is_file():
-        raise PretrainedInitError("the folder holds no config.json.")
-    try:
-        config = json.loads(config_file.read_text())
-    except ValueError as error:
-        raise PretrainedInitError(f"config.json is not JSON: {error}") from None
-    if not isinstance(config, dict):
-        raise PretrainedInitError("config.json does not hold a JSON object.")
-    return config
+    return clip_weights.read_hf_config(path)
 
 
 def _check_towers(kwargs: Mapping, model_shapes: Mapping[str, tuple]) -> None:

@@ -54,11 +54,17 @@ class BaseModel:
         also computes diagnostics (MBT's single-modality logits) leaves them out here."""
         return self.flax_model.apply(variables, inputs, train=False)
 
+    def has_eval_constants(self) -> bool:
+        """Whether `eval_constants` gives anything (the trainer then computes them once per
+        evaluation pass; otherwise nothing is compiled or run for them). Default: False."""
+        return False
+
     def eval_constants(self, variables):
         """What every eval batch's forward pass shares and no batch changes, computed once per
         evaluation pass from the evaluated variables and handed to `eval_apply` (OWL-ViT: the
         class names' query embeddings, prompt templates x classes through the text tower,
-        which would otherwise run again for every batch). Default: None."""
+        which would otherwise run again for every batch). Used when `has_eval_constants()`.
+        Default: None."""
         del variables
         return None
 

@@ -39,9 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
         {"image_size": 480, "resize_size": 480, "data_dir": None}
     )
     config.model = ml_collections.ConfigDict({"num_layers": 50, "width_factor": 1})
-    config.init_from = ml_collections.ConfigDict(
-        {"checkpoint": None, "reinit": ("head/.*",)}
-    )
+    config.init_from = ml_collections.ConfigDict({"checkpoint": None, "reinit": ("head/.*",)})
     config.label_smoothing = None
     config.mixup = ml_collections.ConfigDict({"mixup_alpha": 0.1})
     config.rng_seed = 0

@@ -54,9 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
             "attention_dropout_rate": 0.0,
         }
     )
-    config.init_from = ml_collections.ConfigDict(
-        {"checkpoint": None, "reinit": ("head/.*",)}
-    )
+    config.init_from = ml_collections.ConfigDict({"checkpoint": None, "reinit": ("head/.*",)})
     config.label_smoothing = None
     config.rng_seed = 0
     config.batch_size = 512
