@@ -29,8 +29,9 @@ Modules of a project that register global names with the core (checkpoint format
 data sets, trainers: `register_format(...)` and the like) are not copied: a second copy
 of a registered name fails when both projects are imported in one process (the workspace's
 test run), and two readers of one file format make auto-detection ambiguous. The new project
-imports them from the source package and pins it (for `--from baselines`: `vit_weights` and
-`bit_weights`, the ViT / BiT weight-file readers).
+imports them from the source package and pins it (for `--from baselines`: `vit_weights`,
+`bit_weights` and `clip_weights`, the ViT / BiT / CLIP weight-file readers, and
+`image_text_dataset`, the 'image_text' data set).
 
 Refused, with one line on stderr and exit code 2, before anything is written: a NAME that is
 not lower case letters, digits and single underscores, a keyword, a standard-library module,

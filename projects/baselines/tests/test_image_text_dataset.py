@@ -7,12 +7,11 @@ import json
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
-tfds = pytest.importorskip("tensorflow_datasets")
-
-from scenic.dataset_lib import digits_detection  # noqa: E402
-from scenic_baselines import clip_contrastive, clip_tokenizer, image_text_dataset  # noqa: E402
-from scenic_baselines.cli import main  # noqa: E402
+from scenic.dataset_lib import digits_detection
+from scenic_baselines import clip_contrastive, clip_tokenizer, image_text_dataset
+from scenic_baselines.cli import main
 
 CAPTIONS = {
     "train": [["a red square", "red"], ["two dogs", "dogs on grass", "a pair of dogs"],
