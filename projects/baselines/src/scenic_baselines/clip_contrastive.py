@@ -12,7 +12,9 @@ the loss cannot reach 0 there (its floor is the log of the number of same-class 
 
 Evaluation is CLIP's zero-shot classifier: each class's templates embedded, normalised and
 averaged (`eval_constants`: once per evaluation pass), the logits `scale * image . class`,
-with the classification metrics (accuracy, top-5, cross-entropy of those logits).
+with the classification metrics (accuracy, top-5, cross-entropy of those logits). On
+image-caption batches (data set 'image_text') it is retrieval over the whole eval set:
+`image_to_text_R@1` / `@5` and `text_to_image_R@1` / `@5` (`retrieval_recalls`).
 
 Config (top level): `tokenizer` ('clip' or 'bytes', as OWL-ViT), `tokenizer_path`,
 `prompt_templates` (default: the name alone), `class_names` (default: the data set's
