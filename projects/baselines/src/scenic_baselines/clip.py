@@ -48,6 +48,10 @@ ACTIVATIONS: dict[str, Callable] = {
 #: the paper's Table 20 and Hugging Face's `openai/clip-vit-*` configs. Parameter counts
 #: (Hugging Face's CLIPModel with these settings): 151,277,313 / 149,620,737 / 427,616,513
 #: / 427,944,193.
+#: CLIP's image normalisation (mean and std of [0, 1] RGB pixels), what its weights expect.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
 _TEXT_B = dict(text_width=512, text_layers=12, text_heads=8, text_mlp_dim=2048)
 _TEXT_L = dict(text_width=768, text_layers=12, text_heads=12, text_mlp_dim=3072)
 _VISION_B = dict(vision_width=768, vision_layers=12, vision_heads=12, vision_mlp_dim=3072)

@@ -25,11 +25,8 @@ import numpy as np
 
 from scenic.dataset_lib import dataset_utils, datasets
 from scenic.dataset_lib.detection_dataset import split_size, tfds_eval_batches
-from scenic.dataset_lib.tfds_classification import load_builder
-
-#: CLIP's image normalisation (mean and std of [0, 1] pixels).
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from scenic.dataset_lib.tfds_classification import load_builder, resize_and_central_crop
+from scenic_baselines.clip import CLIP_MEAN, CLIP_STD
 
 
 def feature_at(features, key: str):
@@ -51,19 +48,17 @@ def value_at(example: dict, key: str):
     return example
 
 
-def square_image(image, size: int, u=None):
-    """The shorter side resized to `size` (bilinear), then an S x S crop: at the position
-    `u` (2 uniforms in [0, 1)) in training, centred without it. Float pixels 0..255."""
+def random_square_crop(image, size: int, u):
+    """The shorter side resized to `size` (bilinear), then the S x S crop at the position `u`
+    (2 uniforms in [0, 1)); evaluation's centred crop is the core's
+    `resize_and_central_crop`. Float pixels 0..255."""
     import tensorflow as tf
 
     hw = tf.cast(tf.shape(image)[:2], tf.float32)
     new_hw = tf.cast(tf.math.ceil(hw * size / tf.reduce_min(hw)), tf.int32)
     image = tf.image.resize(image, tf.maximum(new_hw, size), method="bilinear")
     room = tf.shape(image)[:2] - size
-    if u is None:
-        top_left = room // 2
-    else:
-        top_left = tf.minimum(tf.cast(u * tf.cast(room + 1, tf.float32), tf.int32), room)
+    top_left = tf.minimum(tf.cast(u * tf.cast(room + 1, tf.float32), tf.int32), room)
     return tf.ensure_shape(
         image[top_left[0] : top_left[0] + size, top_left[1] : top_left[1] + size],
         [size, size, 3],
@@ -112,7 +107,7 @@ def build_image_text(
     text_tokenizer = clip_tokenizer.from_config(tokenizer, tokenizer_path)
     builder = load_builder(tfds_name, data_dir)
     info = builder.info
-    feature_at(info.features, image_key)
+    image_feature = feature_at(info.features, image_key)
     feature_at(info.features, text_key)
     host_batch = dataset_utils.host_batch_size(batch_size, process_count)
     host_eval_batch = dataset_utils.host_batch_size(
@@ -120,7 +115,6 @@ def build_image_text(
     )
     num_train = split_size(info, train_split, tfds_name)
     num_eval = split_size(info, eval_split, tfds_name)
-    image_feature = feature_at(info.features, image_key)
     decoders = {image_key: tfds.decode.SkipDecoding()} if "/" not in image_key else None
 
     def tokenize(text) -> np.ndarray:
@@ -146,7 +140,7 @@ def build_image_text(
     def train_example(index, example):
         stream_seed = tf.stack([tf.cast(seed, tf.int64), index * process_count + process_index])
         u = tf.random.stateless_uniform([3], seed=stream_seed)
-        image = square_image(image_of(example), image_size, u[:2])
+        image = random_square_crop(image_of(example), image_size, u[:2])
         return {
             "inputs": {
                 "image": normalize(image, clip_normalization),
@@ -155,7 +149,10 @@ def build_image_text(
         }
 
     def eval_example(example):
-        image = square_image(image_of(example), image_size)
+        image = tf.ensure_shape(
+            resize_and_central_crop(image_of(example), image_size, image_size),
+            [image_size, image_size, 3],
+        )
         return {
             "inputs": {
                 "image": normalize(image, clip_normalization),

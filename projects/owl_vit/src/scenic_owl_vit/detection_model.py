@@ -38,6 +38,7 @@ from scenic.common_lib.config_utils import ConfigError
 from scenic.model_lib.base_models import detection_model
 from scenic.model_lib.base_models.detection_model import DetectionModel
 from scenic_baselines import class_prompts
+from scenic_baselines.clip import CLIP_MEAN, CLIP_STD
 from scenic_owl_vit import model as owl_model
 
 #: OWL-ViT's criterion settings (the original's configs) where they differ from DETR's.
@@ -49,9 +50,6 @@ OWL_VIT_DEFAULTS = {
     "bbox_loss_coef": 1.0,
     "giou_loss_coef": 1.0,
 }
-#: CLIP's image normalisation (mean and std of [0, 1] pixels).
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class OWLViTDetector(owl_model.OWLViT):
