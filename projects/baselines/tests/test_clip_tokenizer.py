@@ -1,14 +1,17 @@
 """CLIP tokenizer: golden ids from Hugging Face's `CLIPTokenizer` on a small BPE vocabulary that
 the test trains and writes in both published layouts (OpenAI's merges .txt.gz and a Hugging
 Face folder), negative controls showing that a missing merge or a wrong cleaning step would be
-caught, OpenAI's 49,408-id layout, `tokenize`'s padding and truncation, and the one error for a
-missing vocabulary."""
+caught, OpenAI's 49,408-id layout, `tokenize`'s padding and truncation, the one error for a
+missing vocabulary, and OpenAI's real vocabulary file (CLIP's published ids, and equal to
+Hugging Face on it)."""
 
 import collections
 import gzip
 import html
+import importlib.util
 import itertools
 import json
+import pathlib
 import random
 
 import numpy as np
@@ -268,3 +271,48 @@ def test_missing_vocabulary_is_one_clear_error(tmp_path, layout):
     message = str(error.value)
     for name in (str(path), "bpe_simple_vocab_16e6.txt.gz", "vocab.json", "merges.txt"):
         assert name in message
+
+
+@pytest.fixture(scope="module")
+def real_vocabulary():
+    """OpenAI's own vocabulary file, as the open_clip_torch wheel ships it. The test
+    environments install that wheel without its dependencies (pyproject.toml: its torchvision
+    would break the CPU torch), so the package is located here, never imported."""
+    spec = importlib.util.find_spec("open_clip")
+    assert spec is not None, (
+        "open_clip_torch is not installed in this environment; the hatch environments install "
+        "it (python -m pip install --no-deps open_clip_torch==3.3.0)"
+    )
+    path = pathlib.Path(next(iter(spec.submodule_search_locations))) / ct.OPENAI_VOCAB_FILE
+    assert path.is_file(), path
+    return path
+
+
+def test_real_vocabulary_gives_clips_published_ids(real_vocabulary):
+    """The 49,408-id layout of OpenAI's file, and the ids Hugging Face's CLIP documentation
+    shows for its example captions."""
+    tok = ct.ClipTokenizer.from_path(real_vocabulary)
+    assert (tok.vocab_size, tok.start_id, tok.end_id) == (49408, 49406, 49407)
+    out = tok.tokenize(["a photo of a cat", "a photo of a dog"], context_length=7)
+    np.testing.assert_array_equal(
+        out, [[49406, 320, 1125, 539, 320, 2368, 49407], [49406, 320, 1125, 539, 320, 1929, 49407]]
+    )
+
+
+def test_real_vocabulary_ids_equal_hugging_face(real_vocabulary, tmp_path):
+    """All 48,894 merges CLIP uses, through Hugging Face's tokenizer from a vocab.json +
+    merges.txt folder written from the same file: equal ids on the odd texts, long texts and
+    random mixes above."""
+    transformers = pytest.importorskip("transformers")
+    with gzip.open(real_vocabulary, "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")[1 : ct.NUM_OPENAI_MERGES + 1]
+    merges = [tuple(line.split()) for line in lines]
+    assert len(merges) == ct.NUM_OPENAI_MERGES and all(len(m) == 2 for m in merges)
+    write_hf_folder(tmp_path / "hf", merges)
+    hf = transformers.CLIPTokenizer.from_pretrained(str(tmp_path / "hf"))
+    tok = ct.ClipTokenizer.from_path(real_vocabulary)
+    texts = [*TEXTS, LONG_TEXT, *random_texts(300, seed=1)]
+    mismatches = [t for t in texts if tok.encode(t) != hf.encode(t, add_special_tokens=False)]
+    assert not mismatches
+    # Real merges make whole-word ids of common words (one id each for "a photo of a cat").
+    assert len(tok.encode(TEXTS[0])) == 5
