@@ -57,9 +57,11 @@ def test_overrides_keep_types(config_path):
         ("model.widht=3", "Unknown config key 'model.widht'.*Did you mean 'width'"),
         ("modle.width=3", "Unknown config key 'modle'"),
         ("lr", "must look like"),
+        ("steps=abc", r"'steps=abc': steps is 10 \(type int\) and 'abc' cannot be one"),
+        ("model.width=(1, 2)", r"model.width is 8 \(type int\) and \(1, 2\) cannot be one"),
     ],
 )
-def test_unknown_override_keys_are_errors(config_path, override, message):
+def test_unknown_keys_and_mistyped_overrides_are_errors(config_path, override, message):
     config = config_utils.load_config(str(config_path))
     with pytest.raises(ConfigError, match=message):
         config_utils.apply_overrides(config, [override])

@@ -147,7 +147,14 @@ def apply_overrides(
         elif isinstance(current, tuple) and isinstance(value, list):
             value = tuple(value)
         with node.unlocked():
-            node[leaf] = value
+            try:
+                node[leaf] = value
+            except TypeError:  # ml_collections keeps a field's type
+                raise ConfigError(
+                    f"Override {item!r}: {key} is {current!r} (type "
+                    f"{type(current).__name__}) and {value!r} cannot be one; a config file "
+                    f"of your own can set a value of another type."
+                ) from None
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:

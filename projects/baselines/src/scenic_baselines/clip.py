@@ -1,8 +1,9 @@
-"""CLIP (Radford et al., 2021): an image and a text Transformer trained so that matching
-image-text pairs have the most similar embeddings in a batch; the base of OWL-ViT.
+"""CLIP (Radford et al., 2021): an image tower (a ViT, or a modified ResNet: `clip_resnet`)
+and a text Transformer trained so that matching image-text pairs have the most similar
+embeddings in a batch; the base of OWL-ViT.
 
-The model, its contrastive loss and its zero-shot classifier. Both towers are the core's
-pre-LN encoder (`scenic.model_lib.vit_encoder`) with OpenAI's conventions: QuickGELU
+The model, its contrastive loss and its zero-shot classifier. The ViT and text towers are
+the core's pre-LN encoder (`scenic.model_lib.vit_encoder`) with OpenAI's conventions: QuickGELU
 (`x * sigmoid(1.702 x)`), LayerNorm epsilon 1e-5, no bias in the patch embedding or the
 projections, a LayerNorm (`ln_pre`) between the image tower's position embedding and its
 blocks, a causal text tower pooled at the end-of-text (EOT) token. Hugging Face
@@ -36,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from scenic.model_lib import layers, vit_encoder
+from scenic_baselines import clip_resnet
 
 #: The MLP activations CLIP checkpoints use, by Hugging Face's `hidden_act` names: OpenAI's
 #: QuickGELU, and the exact (erf) GELU of OpenCLIP's LAION models.
@@ -62,6 +64,25 @@ VARIANTS: dict[str, dict] = {
     "vit_l14": dict(image_size=224, patch_size=14, embed_dim=768, **_VISION_L, **_TEXT_L),
     "vit_l14_336": dict(image_size=336, patch_size=14, embed_dim=768, **_VISION_L, **_TEXT_L),
 }
+
+
+def _resnet(image_size, layers, width, embed_dim, text_width):
+    """OpenAI's ResNet CLIPs (OpenCLIP's RN*.json): the tower's heads are width * 32 // 64,
+    the text tower's text_width // 64."""
+    return dict(
+        image_size=image_size, vision_layers=layers, vision_width=width,
+        vision_heads=width * 32 // 64, embed_dim=embed_dim, text_width=text_width,
+        text_heads=text_width // 64, text_layers=12, text_mlp_dim=4 * text_width,
+    )  # fmt: skip
+
+
+VARIANTS.update(
+    rn50=_resnet(224, (3, 4, 6, 3), 64, 1024, 512),
+    rn101=_resnet(224, (3, 4, 23, 3), 64, 512, 512),
+    rn50x4=_resnet(288, (4, 6, 10, 6), 80, 640, 640),
+    rn50x16=_resnet(384, (6, 8, 18, 8), 96, 768, 768),
+    rn50x64=_resnet(448, (3, 15, 36, 10), 128, 1024, 1024),
+)
 
 
 def activation(name: str) -> Callable:
@@ -195,9 +216,11 @@ class CLIP(nn.Module):
 
     Images are `[B, image_size, image_size, 3]` (NHWC, normalised as the checkpoint
     expects), tokens `[T, L]` int ids with L <= context_length. The defaults are ViT-B/32;
-    `clip_model(variant)` builds the others.
+    `clip_model(variant)` builds the others (the ViTs and the ResNets RN50 ... RN50x64).
 
     Attributes:
+      vision_layers: the ViT's depth, or a sequence of stage depths for OpenAI's modified
+        ResNet (`clip_resnet`; `vision_width` is then its stem width, `patch_size` unused).
       hidden_act: 'quick_gelu' (OpenAI) or 'gelu' (exact; OpenCLIP's LAION models).
       layer_norm_epsilon: 1e-5, as OpenAI (PyTorch's default) and Hugging Face.
       eos_token_id: where text is pooled (`eot_positions`): None for the highest id.
@@ -215,7 +238,7 @@ class CLIP(nn.Module):
     image_size: int = 224
     patch_size: int = 32
     vision_width: int = 768
-    vision_layers: int = 12
+    vision_layers: int | Sequence[int] = 12
     vision_heads: int = 12
     vision_mlp_dim: int = 3072
     vocab_size: int = 49408
@@ -236,10 +259,17 @@ class CLIP(nn.Module):
             embed_dim=self.embed_dim, hidden_act=self.hidden_act, remat=self.remat,
             layer_norm_epsilon=self.layer_norm_epsilon, dtype=self.dtype,
         )  # fmt: skip
-        self.visual = ImageEncoder(
-            patch_size=self.patch_size, width=self.vision_width, num_layers=self.vision_layers,
-            num_heads=self.vision_heads, mlp_dim=self.vision_mlp_dim, **shared,
-        )  # fmt: skip
+        if self.vision_is_resnet():
+            self.visual = clip_resnet.ResNetImageEncoder(
+                layers=tuple(self.vision_layers), width=self.vision_width,
+                num_heads=self.vision_heads, embed_dim=self.embed_dim, dtype=self.dtype,
+            )  # fmt: skip
+        else:
+            self.visual = ImageEncoder(
+                patch_size=self.patch_size, width=self.vision_width,
+                num_layers=self.vision_layers, num_heads=self.vision_heads,
+                mlp_dim=self.vision_mlp_dim, **shared,
+            )  # fmt: skip
         self.text = TextEncoder(
             vocab_size=self.vocab_size, context_length=self.context_length,
             width=self.text_width, num_layers=self.text_layers, num_heads=self.text_heads,
@@ -249,11 +279,17 @@ class CLIP(nn.Module):
             "logit_scale", nn.initializers.constant(math.log(1 / 0.07)), ()
         )
 
+    def vision_is_resnet(self) -> bool:
+        """A sequence of stage depths as `vision_layers` makes the image tower OpenAI's
+        modified ResNet (as OpenAI's `build_model` decides); a number, the ViT."""
+        return isinstance(self.vision_layers, Sequence)
+
     def encode_image(
         self, images, *, train: bool = False, normalize: bool = True, return_tokens: bool = False
     ):
         """Image embeddings `[B, E]` (L2-normalised unless `normalize=False`); with
-        `return_tokens`, `(embeddings, tokens)`: every token after ln_post `[B, 1+N, D]`."""
+        `return_tokens`, `(embeddings, tokens)`: every token after ln_post `[B, 1+N, D]`
+        (ResNet towers: the last stage's feature map, `[B, h * w, C]`)."""
         if images.shape[1:3] != (self.image_size, self.image_size):
             raise ValueError(
                 f"CLIP expects [B, {self.image_size}, {self.image_size}, C] images, got "

@@ -247,6 +247,64 @@ def params_from_hf_clip(state_dict: Mapping, kwargs: Mapping) -> dict:
     return flax.traverse_util.unflatten_dict(out, sep="/")
 
 
+_BN = "weight|bias|running_mean|running_var"
+#: OpenAI's / OpenCLIP's ResNet-tower tensor names (after `visual.`), as regexes -> ours.
+_RESNET_NAMES = [
+    (r"conv(\d)\.weight", r"conv\1/kernel"),
+    (rf"bn(\d)\.({_BN})", r"bn\1/\2"),
+    (r"layer(\d)\.(\d+)\.conv(\d)\.weight", r"layer\1_\2/conv\3/kernel"),
+    (rf"layer(\d)\.(\d+)\.bn(\d)\.({_BN})", r"layer\1_\2/bn\3/\4"),
+    (r"layer(\d)\.(\d+)\.downsample\.0\.weight", r"layer\1_\2/downsample_conv/kernel"),
+    (rf"layer(\d)\.(\d+)\.downsample\.1\.({_BN})", r"layer\1_\2/downsample_bn/\3"),
+    (r"attnpool\.positional_embedding", r"attnpool/positional_embedding"),
+    (r"attnpool\.([qkvc])_proj\.(weight|bias)", r"attnpool/\1_proj/\2"),
+]
+#: BatchNorm tensors: torch's name -> (collection, ours).
+_BATCH_NORM = {
+    "weight": ("params", "scale"),
+    "bias": ("params", "bias"),
+    "running_mean": ("batch_stats", "mean"),
+    "running_var": ("batch_stats", "var"),
+}
+
+
+def openai_resnet_tower(state_dict: Mapping, prefix: str = "visual.") -> dict:
+    """`{'params': ..., 'batch_stats': ...}` of `clip_resnet.ResNetImageEncoder` from the
+    tensors under `prefix` of an OpenAI / OpenCLIP CLIP state dict (NumPy arrays or torch
+    tensors): convolutions `[O, I, kh, kw]` -> `[kh, kw, I, O]`, Linear weights transposed,
+    BatchNorm weight / bias / running statistics -> scale / bias / mean / var (PyTorch's
+    `num_batches_tracked` counters are dropped). A tensor of no known name is an error."""
+    out: dict[str, np.ndarray] = {}
+    unknown = []
+    for name, value in state_dict.items():
+        if not name.startswith(prefix) or name.endswith("num_batches_tracked"):
+            continue
+        key = name[len(prefix) :]
+        ours = next(
+            (re.sub(f"^{p}$", r, key) for p, r in _RESNET_NAMES if re.fullmatch(p, key)), None
+        )
+        if ours is None:
+            unknown.append(name)
+            continue
+        array = np.array(vit_weights._numpy(value), np.float32)  # a copy: torch's may move
+        path, _, leaf = ours.rpartition("/")
+        collection = "params"
+        module = path.rpartition("/")[2]
+        if module.startswith("bn") or module == "downsample_bn":
+            collection, leaf = _BATCH_NORM[leaf]
+        elif leaf == "kernel" and array.ndim == 4:
+            array = array.transpose(2, 3, 1, 0)
+        elif leaf == "weight":  # the attention pool's Linear layers
+            leaf, array = "kernel", array.T
+        out[f"{collection}/{path}/{leaf}"] = array
+    if unknown or not out:
+        raise PretrainedInitError(
+            f"not a CLIP ResNet tower under {prefix!r}: "
+            + (f"unknown tensors {unknown[:5]}" if unknown else "no tensors there")
+        )
+    return flax.traverse_util.unflatten_dict(out, sep="/")
+
+
 def _prefixed(prefix: str, tree: Mapping) -> dict:
     return {f"{prefix}{name}": value for name, value in tree.items()}
 
