@@ -103,8 +103,8 @@ def test_eval_outputs_equal_open_clip(reference):
     embedding, features = jax.jit(ours().apply)(variables, jnp.asarray(images))
     np.testing.assert_allclose(embedding, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
     assert features.shape == (3, 2 * 2, 16 * 32)
-    # Negative control: PyTorch's stride-2 "same" padding differs from Flax's SAME; a
-    # tower whose stem pads like Flax would not match.
+    # Negative control: running statistics off by half give other embeddings, so the
+    # comparison above does see the converted batch norms.
     wrong = dict(variables, batch_stats=jax.tree.map(lambda x: x * 1.5, variables["batch_stats"]))
     off, _ = jax.jit(ours().apply)(wrong, jnp.asarray(images))
     assert np.abs(np.asarray(off) - expected).max() > 1e-2 * np.abs(expected).max()
