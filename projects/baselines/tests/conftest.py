@@ -1,5 +1,11 @@
 """Fixtures shared by scenic-baselines' tests."""
 
+import importlib
+import importlib.util
+import pathlib
+import sys
+import types
+
 import numpy as np
 import pytest
 
@@ -21,3 +27,44 @@ def contrastive_loss_float64(image, text, scale):
 @pytest.fixture
 def numpy_contrastive_loss():
     return contrastive_loss_float64
+
+
+@pytest.fixture(scope="session")
+def open_clip_folder() -> pathlib.Path:
+    """The open_clip package folder of the open_clip_torch wheel, which the hatch
+    environments install without its dependencies (pyproject.toml: its torchvision would
+    break the CPU torch); located, never imported as `open_clip`."""
+    spec = importlib.util.find_spec("open_clip")
+    assert spec is not None, (
+        "open_clip_torch is not installed in this environment; the hatch environments install "
+        "it (python -m pip install --no-deps open_clip_torch==3.3.0)"
+    )
+    return pathlib.Path(next(iter(spec.submodule_search_locations)))
+
+
+@pytest.fixture(scope="session")
+def open_clip_reference(open_clip_folder):
+    """OpenCLIP's model code (`open_clip/model.py`: `CLIP`, `ModifiedResNet`, ...), the
+    reference for CLIP's towers and OpenAI's weight layout, loaded as the package
+    `open_clip_reference` so that open_clip's `__init__` (which imports torchvision) never
+    runs. Its one torchvision import (a class named in `utils`, unused by these models) is
+    served by a stand-in during the load only."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")  # imported first: it probes for torchvision itself
+    package = types.ModuleType("open_clip_reference")
+    package.__path__ = [str(open_clip_folder)]
+    sys.modules[package.__name__] = package
+    misc = types.ModuleType("torchvision.ops.misc")
+    misc.FrozenBatchNorm2d = type("FrozenBatchNorm2d", (), {})
+    stand_ins = {
+        "torchvision": types.ModuleType("torchvision"),
+        "torchvision.ops": types.ModuleType("torchvision.ops"),
+        "torchvision.ops.misc": misc,
+    }
+    assert not set(stand_ins) & set(sys.modules), "torchvision is imported: no stand-in needed"
+    sys.modules.update(stand_ins)
+    try:
+        return importlib.import_module("open_clip_reference.model")
+    finally:
+        for name in stand_ins:
+            sys.modules.pop(name, None)

@@ -1,14 +1,9 @@
-"""CLIP's ResNet image towers against OpenCLIP's `ModifiedResNet` (the reference, loaded from
-the open_clip_torch wheel the test environments install without dependencies: its module
-file is run on its own, the package is never imported), with the same weights: eval and
+"""CLIP's ResNet image towers against OpenCLIP's `ModifiedResNet` (the reference: the
+`open_clip_reference` fixture, from the open_clip_torch wheel), with the same weights: eval and
 training-mode outputs; the variants against OpenCLIP's model configs and parameter counts;
 and a ResNet CLIP trained and evaluated through `scenic-baselines train`."""
 
-import importlib.util
 import json
-import pathlib
-import sys
-import types
 
 import jax
 import jax.numpy as jnp
@@ -21,35 +16,9 @@ from scenic_baselines import clip, clip_resnet, clip_weights
 torch = pytest.importorskip("torch")
 
 
-def open_clip_folder() -> pathlib.Path:
-    spec = importlib.util.find_spec("open_clip")
-    assert spec is not None, (
-        "open_clip_torch is not installed; the hatch environments install it "
-        "(python -m pip install --no-deps open_clip_torch==3.3.0)"
-    )
-    return pathlib.Path(next(iter(spec.submodule_search_locations)))
-
-
 @pytest.fixture(scope="module")
-def reference():
-    """OpenCLIP's modified_resnet.py as a module of its own: its one relative import (two
-    helpers its forward pass never calls) is served by a stand-in, for the load only."""
-    package = types.ModuleType("open_clip_reference")
-    package.__path__ = []
-    utils = types.ModuleType("open_clip_reference.utils")
-    utils.freeze_batch_norm_2d = utils.feature_take_indices = None
-    stand_ins = {package.__name__: package, utils.__name__: utils}
-    sys.modules.update(stand_ins)
-    try:
-        spec = importlib.util.spec_from_file_location(
-            "open_clip_reference.modified_resnet", open_clip_folder() / "modified_resnet.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        for name in stand_ins:
-            sys.modules.pop(name, None)
-    return module
+def reference(open_clip_reference):
+    return open_clip_reference
 
 
 TINY = dict(layers=(2, 1, 2, 1), width=16, num_heads=4, embed_dim=24)
@@ -153,11 +122,11 @@ def test_clip_with_a_resnet_tower_embeds_images_with_it(reference):
 
 
 @pytest.mark.parametrize("variant", ["rn50", "rn101", "rn50x4", "rn50x16", "rn50x64"])
-def test_variants_are_open_clips(reference, variant):
+def test_variants_are_open_clips(reference, open_clip_folder, variant):
     """Each ResNet variant's settings against OpenCLIP's RN*.json, and the image tower's
     parameter count against OpenCLIP's tower of that config (batch statistics apart)."""
     name = {"rn50": "RN50", "rn101": "RN101"}.get(variant, variant.upper().replace("X", "x"))
-    config = json.loads((open_clip_folder() / "model_configs" / f"{name}.json").read_text())
+    config = json.loads((open_clip_folder / "model_configs" / f"{name}.json").read_text())
     settings = clip.VARIANTS[variant]
     vision, text = config["vision_cfg"], config["text_cfg"]
     assert settings["embed_dim"] == config["embed_dim"]

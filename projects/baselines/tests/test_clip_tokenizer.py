@@ -8,10 +8,8 @@ Hugging Face on it)."""
 import collections
 import gzip
 import html
-import importlib.util
 import itertools
 import json
-import pathlib
 import random
 
 import numpy as np
@@ -274,16 +272,9 @@ def test_missing_vocabulary_is_one_clear_error(tmp_path, layout):
 
 
 @pytest.fixture(scope="module")
-def real_vocabulary():
-    """OpenAI's own vocabulary file, as the open_clip_torch wheel ships it. The test
-    environments install that wheel without its dependencies (pyproject.toml: its torchvision
-    would break the CPU torch), so the package is located here, never imported."""
-    spec = importlib.util.find_spec("open_clip")
-    assert spec is not None, (
-        "open_clip_torch is not installed in this environment; the hatch environments install "
-        "it (python -m pip install --no-deps open_clip_torch==3.3.0)"
-    )
-    path = pathlib.Path(next(iter(spec.submodule_search_locations))) / ct.OPENAI_VOCAB_FILE
+def real_vocabulary(open_clip_folder):
+    """OpenAI's own vocabulary file, as the open_clip_torch wheel ships it (conftest)."""
+    path = open_clip_folder / ct.OPENAI_VOCAB_FILE
     assert path.is_file(), path
     return path
 

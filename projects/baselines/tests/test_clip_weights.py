@@ -234,3 +234,122 @@ def test_configs_it_cannot_build(hf, tmp_path):
         clip_weights.clip_kwargs_from_hf_config(mixed)
     with pytest.raises(PretrainedInitError, match="holds no config.json"):
         clip_weights.load_hf_clip(tmp_path)
+
+
+# ---------------------------------------------------------------- OpenAI / OpenCLIP layout
+
+#: OpenCLIP CLIPs with every tensor random: a ViT and a ResNet image tower, text heads of
+#: 64 channels (OpenAI's rule, which the reader applies).
+OPENAI_TOWERS = {
+    "vit": dict(layers=2, width=128, patch_size=8, image_size=32),
+    "resnet": dict(layers=(1, 2, 1, 1), width=8, image_size=64),
+}
+
+
+@pytest.fixture(scope="module")
+def openai_files(open_clip_reference, tmp_path_factory):
+    """name -> (OpenCLIP model in eval mode, its open_clip_model.safetensors, images,
+    tokens)."""
+    import safetensors.torch
+
+    out = {}
+    for seed, (name, tower) in enumerate(OPENAI_TOWERS.items()):
+        torch.manual_seed(seed)
+        model = open_clip_reference.CLIP(
+            embed_dim=32,
+            vision_cfg=open_clip_reference.CLIPVisionCfg(**tower),
+            text_cfg=open_clip_reference.CLIPTextCfg(
+                context_length=12, vocab_size=60, width=64, heads=1, layers=2
+            ),
+            quick_gelu=True,
+        )
+        with torch.no_grad():
+            for key, tensor in model.state_dict().items():
+                if key.endswith("running_var"):
+                    tensor.uniform_(0.5, 2.0)
+                elif key.endswith("num_batches_tracked"):
+                    continue
+                elif tensor.ndim <= 1 and key.endswith("weight"):
+                    tensor.uniform_(0.5, 1.5)
+                else:
+                    tensor.normal_(0.0, 0.05 if tensor.ndim > 1 else 0.3)
+            model.logit_scale.fill_(math.log(30.0))
+        folder = tmp_path_factory.mktemp(f"openai_{name}")
+        path = folder / "open_clip_model.safetensors"
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        safetensors.torch.save_file(state, str(path))
+        rng = np.random.default_rng(seed)
+        size = tower["image_size"]
+        images = rng.normal(size=(3, size, size, 3)).astype(np.float32)
+        tokens = np.zeros((4, 12), np.int64)
+        for row, length in enumerate([3, 12, 7, 1]):
+            tokens[row, : length - 1] = rng.integers(1, 58, length - 1)
+            tokens[row, length - 1] = 59  # the EOT: the highest id, where OpenCLIP pools
+        out[name] = (model.eval(), path, images, tokens)
+    return out
+
+
+def open_clip_outputs(model, images, tokens):
+    with torch.no_grad():
+        image, text, scale = model(
+            torch.from_numpy(images.transpose(0, 3, 1, 2).copy()), torch.from_numpy(tokens)
+        )
+    return image.numpy(), text.numpy(), (scale * image @ text.T).numpy()
+
+
+@pytest.mark.parametrize("name", sorted(OPENAI_TOWERS))
+def test_openai_layout_gives_open_clip_s_outputs(openai_files, name):
+    model, path, images, tokens = openai_files[name]
+    net, variables = clip_weights.load_openai_clip(path)
+    assert net.vision_is_resnet() == (name == "resnet")
+    assert (net.text_heads, net.context_length, net.vocab_size) == (1, 12, 60)
+    out = jax.jit(net.apply)(variables, images, tokens.astype(np.int32))
+    image, text, logits = open_clip_outputs(model, images, tokens)
+    np.testing.assert_allclose(out["image_embeddings"], image, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out["text_embeddings"], text, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out["logits_per_image"], logits, rtol=1e-4, atol=1e-4)
+    # Negative control: the exact GELU instead of OpenAI's QuickGELU changes the text.
+    gelu, _ = clip_weights.load_openai_clip(path, hidden_act="gelu")
+    other = jax.jit(gelu.apply)(variables, images, tokens.astype(np.int32))
+    assert np.abs(np.asarray(other["text_embeddings"]) - text).max() > 1e-3
+
+
+def test_openai_layout_bin_torchscript_and_stray_tensors(openai_files, tmp_path):
+    model, path, _, _ = openai_files["vit"]
+    state = model.state_dict()
+    torch.save(dict(state), tmp_path / "open_clip_pytorch_model.bin")
+    _, from_bin = clip_weights.load_openai_clip(tmp_path / "open_clip_pytorch_model.bin")
+    _, from_safetensors = clip_weights.load_openai_clip(path)
+    jax.tree.map(np.testing.assert_array_equal, from_bin, from_safetensors)
+    scripted = torch.jit.script(torch.nn.Linear(2, 2))
+    scripted.save(str(tmp_path / "ViT-B-32.pt"))
+    with pytest.raises(PretrainedInitError, match="TorchScript archive"):
+        clip_weights.read_openai_state_dict(tmp_path / "ViT-B-32.pt")
+    stray = {k: v.numpy() for k, v in state.items()}
+    stray["visual.head.weight"] = stray["visual.proj"]
+    with pytest.raises(PretrainedInitError, match=r"1 tensors of no CLIP part: visual.head"):
+        clip_weights.params_from_openai_clip(
+            stray, clip_weights.clip_kwargs_from_openai_state(stray)
+        )
+
+
+def test_init_from_reads_openai_layout_with_batch_statistics(openai_files):
+    """Detected by OpenCLIP's file name; parameters, and the ResNet tower's batch statistics
+    through the core's model-state hook."""
+    import ml_collections
+    from flax.traverse_util import flatten_dict
+
+    from scenic.train_lib import pretrained_init
+
+    _, path, _, _ = openai_files["resnet"]
+    assert pretrained_init.detect_format(path) == "openai_clip"
+    _, variables = clip_weights.load_openai_clip(path)
+    read, described = pretrained_init.read_pretrained(path)
+    assert "OpenAI-layout" in described
+    expected = flatten_dict(variables["params"], sep="/")
+    assert sorted(read) == sorted(expected)
+    fresh = jax.tree.map(np.zeros_like, {"batch_stats": variables["batch_stats"]})
+    config = ml_collections.ConfigDict({"checkpoint": str(path)})
+    state, loaded = pretrained_init.model_state_from_config(fresh, config)
+    assert len(loaded) == len(jax.tree.leaves(fresh)) > 0
+    jax.tree.map(np.testing.assert_array_equal, state["batch_stats"], variables["batch_stats"])

@@ -24,7 +24,7 @@ from projects, which know their models' names: a project registers a `Checkpoint
 model's parameters. `init_from.checkpoint` is then auto-detected among the registered
 formats (each `detect`s its own files from their names) before the built-in 'npz' and
 'orbax'; `init_from.format` names one explicitly. Errors name the format the file was read
-as, and registered formats carry parameters only (no model state).
+as; a registered format brings model state only if it has a `read_model_state`.
 """
 
 from __future__ import annotations
@@ -79,12 +79,17 @@ class CheckpointFormat:
         (e.g. the number of attention heads of a fused projection). A file that does not
         fit the format raises PretrainedInitError naming every missing, mis-shaped or
         unexpected array in the file's own names.
+      read_model_state: optional `read_model_state(path) -> {'/'-joined name: array}` of
+        the file's mutable model state under its collection ('batch_stats/.../mean'),
+        loaded as a scenic checkpoint's is (`model_state_from_config`); None: parameters
+        only.
     """
 
     name: str
     description: str
     detect: Callable[[pathlib.Path], bool]
     read: Callable[[pathlib.Path, Mapping[str, tuple[int, ...]]], dict[str, np.ndarray]]
+    read_model_state: Callable[[pathlib.Path], dict[str, np.ndarray]] | None = None
 
 
 _FORMATS: dict[str, CheckpointFormat] = {}
@@ -380,9 +385,17 @@ def model_state_from_config(model_state, config: ml_collections.ConfigDict | Non
     format_name = config.get("format")
     if format_name in (None, "", "auto"):
         format_name = detect_format(config.checkpoint)
-    if format_name in _FORMATS:  # a registered format carries parameters only
-        return model_state, []
-    restored = load_params(config.checkpoint, "model_state")
+    if format_name in _FORMATS:  # a registered format: its own model-state reader, if any
+        reader = _FORMATS[format_name].read_model_state
+        if reader is None:
+            return model_state, []
+        try:
+            restored = reader(pathlib.Path(config.checkpoint))
+        except PretrainedInitError as error:
+            described = describe_format(format_name)
+            raise PretrainedInitError(f"{config.checkpoint} read as {described}: {error}") from None
+    else:
+        restored = load_params(config.checkpoint, "model_state")
     by_collection: dict[str, dict] = {}
     for name, value in restored.items():  # 'batch_stats/stem_bn/mean': rename after the
         collection, _, rest = name.partition("/")  # collection, as parameter names are

@@ -1,4 +1,5 @@
-"""CLIP weights from a Hugging Face `CLIPModel` folder, as `clip.CLIP` and its parameters.
+"""CLIP weights from a Hugging Face `CLIPModel` folder or an OpenAI-layout state dict, as
+`clip.CLIP` and its parameters.
 
     model, params = load_hf_clip("clip-vit-base-patch32/")   # a local folder
     out = model.apply({"params": params}, images_nhwc, token_ids)
@@ -24,6 +25,11 @@ Text pooling: Hugging Face pools at the highest token id when the text config's
 result for OpenAI's tokenizer, whose end-of-text id (49407) is the vocabulary's highest;
 `eos_token_id` of our model is set to match (None for the legacy 2).
 
+OpenAI's layout (`load_openai_clip`; init_from format 'openai_clip'): the names of OpenAI's
+CLIP code, which OpenCLIP keeps (its hub files `open_clip_model.safetensors`,
+`open_clip_pytorch_model.bin`), for ViT and ResNet towers (`openai_resnet_tower`, batch
+statistics included); the settings are read off the tensors as OpenAI's `build_model` does.
+
 Not in the weights but in Hugging Face's forward: no clip of the logit scale. Ours clips
 it at 100 (CLIP's rule); OpenAI's released scale is exactly log(100), so the two agree.
 """
@@ -33,7 +39,7 @@ from __future__ import annotations
 import json
 import pathlib
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import flax.traverse_util
 import numpy as np
@@ -363,3 +369,239 @@ def _register_init_format() -> None:
 
 
 _register_init_format()
+
+
+# ---------------------------------------------------------------- OpenAI / OpenCLIP layout
+
+#: OpenCLIP's weight-file names (its hub copies of OpenAI's and LAION's models).
+OPENCLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+#: Metadata OpenAI's state dicts carry beside the tensors.
+_OPENAI_METADATA = ("input_resolution", "context_length", "vocab_size")
+_OPENAI_BLOCK = {"ln_1": "LayerNorm_0", "ln_2": "LayerNorm_2"}
+_OPENAI_MLP = {"mlp.c_fc": "Dense_0", "mlp.c_proj": "Dense_1"}
+
+
+def read_openai_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
+    """The tensors of a CLIP state dict in OpenAI's layout: OpenCLIP's hub files
+    (`OPENCLIP_FILES`), or any .safetensors / .bin / .pt state dict with those names (.bin
+    and .pt read with `torch.load(weights_only=True)`: never code). OpenAI's own .pt
+    downloads are TorchScript archives, which hold code: those are refused (load one with
+    `torch.jit.load` yourself and save its `state_dict()`)."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        files = [path / name for name in OPENCLIP_FILES if (path / name).is_file()]
+        if not files:
+            raise PretrainedInitError(f"the folder holds neither of {', '.join(OPENCLIP_FILES)}.")
+        path = files[0]
+    if not path.is_file():
+        raise PretrainedInitError(f"{path} does not exist.")
+    if path.suffix == ".safetensors":
+        state = vit_weights.read_safetensors(path)
+    else:
+        if _is_torchscript(path):
+            raise PretrainedInitError(
+                f"{path.name} is a TorchScript archive (OpenAI's own download), which holds "
+                "code; load it with torch.jit.load yourself and torch.save its state_dict(), "
+                "or use OpenCLIP's copy (open_clip_model.safetensors)."
+            )
+        state = vit_weights._read_torch_bin(path)
+    return {
+        name: vit_weights._numpy(value)
+        for name, value in state.items()
+        if name not in _OPENAI_METADATA
+    }
+
+
+def _is_torchscript(path: pathlib.Path) -> bool:
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") for name in archive.namelist())
+
+
+def _count(state: Mapping, prefix: str) -> int:
+    """How many numbered children `prefix<i>.` the state dict has."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    return len({m.group(1) for name in state if (m := pattern.match(name))})
+
+
+def clip_kwargs_from_openai_state(state: Mapping[str, np.ndarray]) -> dict:
+    """`clip.CLIP`'s constructor arguments read off an OpenAI-layout state dict, as OpenAI's
+    `build_model` does: a ViT tower when `visual.proj` is there, else the ResNet; attention
+    heads of 64 channels (ResNet: width * 32 // 64). Not in the weights: the activation
+    (OpenAI's QuickGELU by default; OpenCLIP's LAION models use 'gelu')."""
+    try:
+        kwargs = dict(
+            embed_dim=state["text_projection"].shape[1],
+            context_length=state["positional_embedding"].shape[0],
+            vocab_size=state["token_embedding.weight"].shape[0],
+            text_width=state["ln_final.weight"].shape[0],
+            text_layers=_count(state, "transformer.resblocks."),
+            text_mlp_dim=state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+        )
+        kwargs["text_heads"] = kwargs["text_width"] // 64
+        if "visual.proj" in state:
+            width, _, patch, _ = state["visual.conv1.weight"].shape
+            grid = round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+            kwargs.update(
+                image_size=patch * grid, patch_size=patch, vision_width=width,
+                vision_layers=_count(state, "visual.transformer.resblocks."),
+                vision_heads=width // 64,
+                vision_mlp_dim=state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+            )  # fmt: skip
+        else:
+            width = state["visual.layer1.0.conv1.weight"].shape[0]
+            grid = round((state["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
+            kwargs.update(
+                image_size=grid * 32, vision_width=width, vision_heads=width * 32 // 64,
+                vision_layers=tuple(_count(state, f"visual.layer{i}.") for i in range(1, 5)),
+            )  # fmt: skip
+    except KeyError as error:
+        raise PretrainedInitError(f"not an OpenAI-layout CLIP state dict: no {error}") from None
+    return kwargs
+
+
+def _openai_encoder(state, prefix, ours, layers, heads, out, used) -> None:
+    """One tower's residual blocks (`{prefix}resblocks.i.`) into `{ours}encoderblock_i/`:
+    the fused q/k/v projection split, every Linear weight transposed."""
+
+    def take(name):
+        used.add(name)
+        return np.asarray(state[name], np.float32)
+
+    for i in range(layers):
+        p, o = f"{prefix}resblocks.{i}.", f"{ours}encoderblock_{i}/"
+        for theirs, name in _OPENAI_BLOCK.items():
+            out[f"{o}{name}/scale"] = take(f"{p}{theirs}.weight")
+            out[f"{o}{name}/bias"] = take(f"{p}{theirs}.bias")
+        weight, bias = take(f"{p}attn.in_proj_weight"), take(f"{p}attn.in_proj_bias")
+        width = weight.shape[1]
+        attention = f"{o}MultiHeadDotProductAttention_1/"
+        for j, name in enumerate(("query", "key", "value")):
+            w = weight[j * width : (j + 1) * width]
+            out[f"{attention}{name}/kernel"] = w.T.reshape(width, heads, -1)
+            out[f"{attention}{name}/bias"] = bias[j * width : (j + 1) * width].reshape(heads, -1)
+        out[f"{attention}out/kernel"] = take(f"{p}attn.out_proj.weight").T.reshape(heads, -1, width)
+        out[f"{attention}out/bias"] = take(f"{p}attn.out_proj.bias")
+        for theirs, name in _OPENAI_MLP.items():
+            out[f"{o}MlpBlock_3/{name}/kernel"] = take(f"{p}{theirs}.weight").T
+            out[f"{o}MlpBlock_3/{name}/bias"] = take(f"{p}{theirs}.bias")
+
+
+def params_from_openai_clip(state: Mapping, kwargs: Mapping) -> dict:
+    """`{'params': ..., 'batch_stats': ...}` (batch statistics for ResNet towers only) of
+    `clip.CLIP(**kwargs)` from an OpenAI-layout state dict; a tensor left unread is an
+    error (PretrainedInitError names them)."""
+    out: dict[str, np.ndarray] = {}
+    used: set[str] = set()
+
+    def take(name):
+        used.add(name)
+        return np.asarray(state[name], np.float32)
+
+    def norm(ours, theirs):
+        out[f"{ours}/scale"], out[f"{ours}/bias"] = take(f"{theirs}.weight"), take(f"{theirs}.bias")
+
+    try:
+        out["logit_scale"] = take("logit_scale").reshape(())
+        out["text/token_embedding/embedding"] = take("token_embedding.weight")
+        out["text/posembed_input/pos_embedding"] = take("positional_embedding")[None]
+        out["text/projection/kernel"] = take("text_projection")
+        norm("text/Transformer/encoder_norm", "ln_final")
+        _openai_encoder(
+            state, "transformer.", "text/Transformer/", kwargs["text_layers"],
+            kwargs["text_heads"], out, used,
+        )  # fmt: skip
+        variables = {}
+        if isinstance(kwargs["vision_layers"], Sequence):
+            visual = {k: v for k, v in state.items() if k.startswith("visual.")}
+            used.update(visual)
+            variables = openai_resnet_tower(visual)
+        else:
+            out["visual/embedding/kernel"] = take("visual.conv1.weight").transpose(2, 3, 1, 0)
+            out["visual/cls"] = take("visual.class_embedding")[None, None]
+            out["visual/posembed_input/pos_embedding"] = take("visual.positional_embedding")[None]
+            out["visual/projection/kernel"] = take("visual.proj")
+            norm("visual/ln_pre", "visual.ln_pre")
+            norm("visual/Transformer/encoder_norm", "visual.ln_post")
+            _openai_encoder(
+                state, "visual.transformer.", "visual/Transformer/", kwargs["vision_layers"],
+                kwargs["vision_heads"], out, used,
+            )  # fmt: skip
+    except KeyError as error:
+        raise PretrainedInitError(f"missing tensor {error}") from None
+    unread = sorted(set(state) - used)
+    if unread:
+        raise PretrainedInitError(f"{len(unread)} tensors of no CLIP part: {', '.join(unread[:8])}")
+    params = flax.traverse_util.unflatten_dict(out, sep="/")
+    if variables:
+        params["visual"] = variables["params"]
+        return {"params": params, "batch_stats": {"visual": variables["batch_stats"]}}
+    return {"params": params}
+
+
+def load_openai_clip(path: str | pathlib.Path, **overrides) -> tuple[clip.CLIP, dict]:
+    """`(clip.CLIP, variables)` of an OpenAI-layout CLIP file (`read_openai_state_dict`),
+    its settings read off the tensors (`clip_kwargs_from_openai_state`) and then
+    `overrides` (e.g. `hidden_act='gelu'` for OpenCLIP's LAION models)."""
+    state = read_openai_state_dict(path)
+    kwargs = {**clip_kwargs_from_openai_state(state), **overrides}
+    return clip.CLIP(**kwargs), params_from_openai_clip(state, kwargs)
+
+
+def _flat_openai(path: pathlib.Path, model_shapes: Mapping[str, tuple]) -> dict:
+    state = read_openai_state_dict(path)
+    kwargs = clip_kwargs_from_openai_state(state)
+    for tower in ("text", "visual"):  # heads as the model has them, when it says
+        shape = model_shapes.get(
+            f"{tower}/Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel"
+        )
+        if shape is not None and len(shape) == 3:
+            kwargs["text_heads" if tower == "text" else "vision_heads"] = shape[1]
+    variables = params_from_openai_clip(state, kwargs)
+    return flax.traverse_util.flatten_dict(variables, sep="/")
+
+
+def read_openai_clip_for_init(
+    path: pathlib.Path, model_shapes: Mapping[str, tuple]
+) -> dict[str, np.ndarray]:
+    """An OpenAI-layout CLIP file's parameters, '/'-joined, for `init_from` (format
+    'openai_clip'); the text position embedding cut to a shorter context as with 'hf_clip'."""
+    flat = {
+        name.removeprefix("params/"): value
+        for name, value in _flat_openai(path, model_shapes).items()
+        if name.startswith("params/")
+    }
+    wanted, have = model_shapes.get(TEXT_POSEMB), flat[TEXT_POSEMB]
+    if wanted is not None and len(wanted) == 3 and wanted[1] < have.shape[1]:
+        flat[TEXT_POSEMB] = have[:, : wanted[1]]
+    return flat
+
+
+def read_openai_clip_model_state(path: pathlib.Path) -> dict[str, np.ndarray]:
+    """The ResNet tower's batch statistics ('batch_stats/visual/...'), for `init_from`."""
+    return {
+        name: value
+        for name, value in _flat_openai(path, {}).items()
+        if name.startswith("batch_stats/")
+    }
+
+
+def _register_openai_format() -> None:
+    from scenic.train_lib import pretrained_init
+
+    pretrained_init.register_format(
+        pretrained_init.CheckpointFormat(
+            "openai_clip",
+            "an OpenAI-layout CLIP state dict (OpenCLIP's open_clip_model.safetensors or "
+            "open_clip_pytorch_model.bin), for model 'clip'",
+            lambda path: path.name in OPENCLIP_FILES,
+            read_openai_clip_for_init,
+            read_openai_clip_model_state,
+        )
+    )
+
+
+_register_openai_format()
