@@ -205,3 +205,34 @@ def test_model_state_loads_with_the_parameters_rename_rules(tmp_path):
     params = pi.load_params(tmp_path)  # the parameters alone, as before
     assert list(params) == ["bn/scale"]
     np.testing.assert_array_equal(params["bn/scale"], 1.0)
+
+
+def test_a_registered_format_may_bring_model_state(tmp_path, monkeypatch):
+    """A registered format's `read_model_state` feeds `model_state_from_config` as a scenic
+    checkpoint's model state would (same names and shapes only); without one, the model
+    state stays fresh; its errors name the file and the format."""
+    weights = tmp_path / "stats.bin"
+    weights.write_bytes(b"")
+
+    def read_state(path):
+        if path.stat().st_size:
+            raise pi.PretrainedInitError("not a stats file")
+        return {"batch_stats/bn/mean": np.full(3, 2.0), "batch_stats/bn/var": np.ones(2)}
+
+    with_state = pi.CheckpointFormat("stats", "a stats file", lambda p: False, None, read_state)
+    monkeypatch.setitem(pi._FORMATS, "stats", with_state)
+    monkeypatch.setitem(
+        pi._FORMATS, "params_only", pi.CheckpointFormat("params_only", "x", lambda p: False, None)
+    )
+    fresh = {"batch_stats": {"bn": {"mean": np.zeros(3, np.float32), "var": np.zeros(3)}}}
+    config = ml_collections.ConfigDict({"checkpoint": str(weights), "format": "stats"})
+    state, loaded = pi.model_state_from_config(fresh, config)
+    assert loaded == ["batch_stats/bn/mean"]  # var's shape differs: kept fresh
+    np.testing.assert_array_equal(state["batch_stats"]["bn"]["mean"], 2.0)
+    assert state["batch_stats"]["bn"]["mean"].dtype == np.float32
+    config.format = "params_only"
+    assert pi.model_state_from_config(fresh, config) == (fresh, [])
+    weights.write_bytes(b"x")
+    config.format = "stats"
+    with pytest.raises(pi.PretrainedInitError, match=r"stats.bin read as .*not a stats file"):
+        pi.model_state_from_config(fresh, config)
