@@ -11,6 +11,7 @@ import io
 import json
 import pathlib
 import subprocess
+import sys
 
 import pytest
 
@@ -63,6 +64,21 @@ def test_eval_verb_reproduces_final_metrics(trained, cli):
     assert evaluated["step"] == 60
     assert evaluated["accuracy"] == pytest.approx(final["accuracy"], abs=1e-6)
     assert evaluated["loss"] == pytest.approx(final["loss"], rel=1e-5)
+
+
+def test_every_project_cli_starts_without_jax_or_tensorflow():
+    """`scenic-<project> --help` / `list-configs` answer at once: importing a project's CLI
+    module loads no jax, flax, TensorFlow or torch (each verb imports what it runs)."""
+    projects = ["scenic_baselines", "scenic_vivit", "scenic_mbt", "scenic_tokenlearner",
+                "scenic_owl_vit"]  # fmt: skip
+    heavy = ("jax", "flax", "tensorflow", "torch")
+    code = (
+        f"import sys\nfor p in {projects!r}: __import__(p + '.cli')\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
 
 
 def test_list_configs(cli):

@@ -14,6 +14,7 @@ from PIL import Image
 from scenic.common_lib import detect_command
 from scenic.dataset_lib import digits_detection
 from scenic.model_lib import detection_postprocess
+from scenic_baselines import clip
 from scenic_owl_vit import detect
 from scenic_owl_vit import model as owl_model
 from scenic_owl_vit.cli import main
@@ -216,8 +217,8 @@ def test_detect_with_a_hugging_face_folder(tmp_path):
                            method=owl_model.OWLViT.text_embeddings)  # fmt: skip
     check_outputs(
         out, images,
-        lambda im: expected_detections(module, {"params": params}, im, detect.CLIP_MEAN,
-                                       detect.CLIP_STD, queries, 5),
+        lambda im: expected_detections(module, {"params": params}, im, clip.CLIP_MEAN,
+                                       clip.CLIP_STD, queries, 5),
         ["two", "nine"],
     )  # fmt: skip
     assert jax.device_count() >= 1

@@ -28,11 +28,11 @@ import pathlib
 import numpy as np
 
 from scenic.common_lib import detect_command
-from scenic_owl_vit import detection_model
 
-#: CLIP's image normalisation (imported weights); a model trained here sees the pipelines'
-#: x / 127.5 - 1 (and converts it itself when its config says `clip_pixels`).
-CLIP_MEAN, CLIP_STD = detection_model.CLIP_MEAN, detection_model.CLIP_STD
+# Imported weights expect CLIP's image normalisation (`scenic_baselines.clip.CLIP_MEAN` /
+# `CLIP_STD`); a model trained here sees the pipelines' x / 127.5 - 1 (and converts it itself
+# when its config says `clip_pixels`). The model code (jax, flax) is imported when a verb
+# runs, not when the CLI starts.
 TRAINED_MEAN, TRAINED_STD = detect_command.PIPELINE_MEAN, detect_command.PIPELINE_STD
 
 
@@ -97,7 +97,7 @@ def is_workdir(path: pathlib.Path) -> bool:
 def load(args, context) -> Loaded:
     from scenic.common_lib.runner import UsageError
     from scenic.train_lib.pretrained_init import PretrainedInitError
-    from scenic_baselines import clip_tokenizer
+    from scenic_baselines import clip, clip_tokenizer
 
     workdir = args.workdir
     if args.weights and is_workdir(pathlib.Path(args.weights)):
@@ -132,7 +132,7 @@ def load(args, context) -> Loaded:
             tokenizer = clip_tokenizer.ClipTokenizer.from_path(vocabulary)
         except FileNotFoundError as error:
             raise UsageError(str(error)) from None
-    return Loaded(module, {"params": params}, tokenizer, CLIP_MEAN, CLIP_STD)
+    return Loaded(module, {"params": params}, tokenizer, clip.CLIP_MEAN, clip.CLIP_STD)
 
 
 class OpenVocabularyDetector:
@@ -142,6 +142,7 @@ class OpenVocabularyDetector:
         import jax
 
         from scenic.model_lib import detection_postprocess
+        from scenic_owl_vit import detection_model
         from scenic_owl_vit import model as owl_model
 
         self.loaded, self.batch = loaded, batch
