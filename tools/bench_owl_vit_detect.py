@@ -56,13 +56,14 @@ def bench_variant(variant: str, num_queries: int, batch: int, repeats: int, peak
     import numpy as np
 
     from scenic.common_lib import debug_utils, detect_command
+    from scenic_baselines import clip
     from scenic_owl_vit import detect
     from scenic_owl_vit import model as owl_model
 
     module = owl_model.owl_vit(variant)
     size = module.image_size
     loaded = detect.Loaded(module, {"params": random_params(module, size)}, None,
-                           detect.CLIP_MEAN, detect.CLIP_STD)  # fmt: skip
+                           clip.CLIP_MEAN, clip.CLIP_STD)  # fmt: skip
     detector = detect.OpenVocabularyDetector(loaded, batch, top_k=100)
     rng = np.random.default_rng(0)
     queries = jax.numpy.asarray(rng.standard_normal((num_queries, module.embed_dim)), "float32")
@@ -73,7 +74,7 @@ def bench_variant(variant: str, num_queries: int, batch: int, repeats: int, peak
     detector(images, queries)
     compile_s = time.perf_counter() - start
 
-    canvas, _, hw = detect_command.letterbox(image, size, detect.CLIP_MEAN, detect.CLIP_STD)
+    canvas, _, hw = detect_command.letterbox(image, size, clip.CLIP_MEAN, clip.CLIP_STD)
     sizes = np.array([hw] * batch, np.int32)
     originals = np.array([image.shape[:2]] * batch, np.int32)
     args = (loaded.variables, np.stack([canvas] * batch), queries, sizes, originals)
