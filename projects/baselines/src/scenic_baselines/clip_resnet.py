@@ -37,6 +37,14 @@ def avg_pool(x, stride: int):
     return nn.avg_pool(x, (stride, stride), strides=(stride, stride)) if stride > 1 else x
 
 
+def batch_norm(train: bool, dtype, **kwargs) -> nn.BatchNorm:
+    """PyTorch's BatchNorm2d: epsilon 1e-5, running averages moved 0.1 of the way a step;
+    batch statistics in training, the running ones otherwise."""
+    return nn.BatchNorm(
+        use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, **kwargs
+    )
+
+
 class Bottleneck(nn.Module):
     """1x1 -> 3x3 -> (average pool) -> 1x1 with a shortcut; `planes * 4` channels out."""
 
@@ -46,10 +54,7 @@ class Bottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        norm = functools.partial(
-            nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-            dtype=self.dtype,
-        )  # fmt: skip
+        norm = functools.partial(batch_norm, train, self.dtype)
         conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
         out = nn.relu(norm(name="bn1")(conv(self.planes, (1, 1), name="conv1")(x)))
         out = conv(self.planes, (3, 3), padding=1, name="conv2")(out)
@@ -119,10 +124,7 @@ class ResNetImageEncoder(nn.Module):
 
     @nn.compact
     def __call__(self, images, train: bool = False):
-        norm = functools.partial(
-            nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-            dtype=self.dtype,
-        )  # fmt: skip
+        norm = functools.partial(batch_norm, train, self.dtype)
         conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding=1, use_bias=False,
                                  dtype=self.dtype)  # fmt: skip
         x = images
