@@ -112,6 +112,7 @@ def test_project_env_holds_exactly_what_the_project_declares(project):
         f"{name} env should install {project.name} with all its extras"
     )
     test = env.get("scripts", {}).get("test", "")
+    test = "\n".join(test) if isinstance(test, list) else test  # one command or several
     assert "pytest" in test and f"{own}/tests" in test, f"{name}:test should run {own}/tests"
 
 
