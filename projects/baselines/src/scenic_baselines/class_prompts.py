@@ -11,11 +11,20 @@ the module as `class_queries`.
 
 from __future__ import annotations
 
+import dataclasses
+
 from scenic.common_lib.config_utils import ConfigError
 from scenic_baselines import clip_tokenizer
 
 DEFAULT_TEMPLATES = ("{}",)
 CONFIG_KEYS = ("tokenizer", "tokenizer_path", "prompt_templates")
+
+
+def module_config_keys(module_cls) -> tuple[str, ...]:
+    """`config.model` keys of a class-prompted model: `variant` and the Flax module's fields,
+    less Flax's own and `class_tokens` (which the model builds from the class names)."""
+    excluded = ("parent", "name", "class_tokens")
+    return ("variant", *(f.name for f in dataclasses.fields(module_cls) if f.name not in excluded))
 
 
 class ClassPrompts:

@@ -24,8 +24,6 @@ Config (top level): `tokenizer` ('clip' or 'bytes', as OWL-ViT), `tokenizer_path
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -152,9 +150,7 @@ class CLIPContrastiveModel(class_prompts.ClassPrompts, ClassificationModel):
 
     @classmethod
     def model_config_keys(cls) -> tuple[str, ...]:
-        excluded = ("parent", "name", "class_tokens")
-        fields = [f.name for f in dataclasses.fields(CaptionedCLIP) if f.name not in excluded]
-        return ("variant", *fields)
+        return class_prompts.module_config_keys(CaptionedCLIP)
 
     @classmethod
     def check_config(cls, config: ml_collections.ConfigDict) -> None:

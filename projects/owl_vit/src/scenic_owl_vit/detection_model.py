@@ -144,9 +144,7 @@ class OwlViTDetectionModel(class_prompts.ClassPrompts, DetectionModel):
 
     @classmethod
     def model_config_keys(cls) -> tuple[str, ...]:
-        excluded = ("parent", "name", "class_tokens")
-        fields = [f.name for f in dataclasses.fields(OWLViTDetector) if f.name not in excluded]
-        return ("variant", *fields)
+        return class_prompts.module_config_keys(OWLViTDetector)
 
     @classmethod
     def check_config(cls, config: ml_collections.ConfigDict) -> None:
