@@ -68,3 +68,28 @@ def open_clip_reference(open_clip_folder):
     finally:
         for name in stand_ins:
             sys.modules.pop(name, None)
+
+
+def randomize_torch_weights(model, std: float, vector_std: float):
+    """Every tensor of a PyTorch model random, in place: normal(0, std) matrices and
+    normal(0, vector_std) vectors, norm scales in [0.5, 1.5], running variances in
+    [0.5, 2] (a reference's own initialisation can hide parts: OpenCLIP zeroes each ResNet
+    block's last norm scale). Returns the model."""
+    import torch
+
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name.endswith("num_batches_tracked"):
+                continue
+            if name.endswith("running_var"):
+                tensor.uniform_(0.5, 2.0)
+            elif name.endswith("weight") and tensor.ndim <= 1:  # norm scales
+                tensor.uniform_(0.5, 1.5)
+            else:
+                tensor.normal_(0.0, std if tensor.ndim > 1 else vector_std)
+    return model
+
+
+@pytest.fixture(scope="session")
+def randomize_weights():
+    return randomize_torch_weights

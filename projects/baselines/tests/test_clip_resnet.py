@@ -24,9 +24,8 @@ def reference(open_clip_reference):
 TINY = dict(layers=(2, 1, 2, 1), width=16, num_heads=4, embed_dim=24)
 
 
-def random_reference(reference, seed=0, **kwargs):
-    """OpenCLIP's tower with every weight random, batch norms' statistics included (its own
-    initialisation zeroes each block's last norm, which would hide the block)."""
+def random_reference(reference, randomize_weights, seed=0, **kwargs):
+    """OpenCLIP's tower with every weight random, batch norms' statistics included."""
     settings = {**TINY, **kwargs}
     torch.manual_seed(seed)
     model = reference.ModifiedResNet(
@@ -34,17 +33,7 @@ def random_reference(reference, seed=0, **kwargs):
         heads=settings["num_heads"], image_size=settings.get("image_size", 64),
         width=settings["width"],
     )  # fmt: skip
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if name.endswith("num_batches_tracked"):
-                continue
-            if name.endswith("running_var"):
-                tensor.uniform_(0.5, 2.0)
-            elif name.endswith("weight") and tensor.ndim == 1:  # norm scales
-                tensor.uniform_(0.5, 1.5)
-            else:
-                tensor.normal_(0.0, 0.1 if tensor.ndim > 1 else 0.5)
-    return model
+    return randomize_weights(model, std=0.1, vector_std=0.5)
 
 
 def ours(**kwargs):
@@ -63,8 +52,8 @@ def torch_images(images):
     return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
 
 
-def test_eval_outputs_equal_open_clip(reference):
-    model = random_reference(reference).eval()
+def test_eval_outputs_equal_open_clip(reference, randomize_weights):
+    model = random_reference(reference, randomize_weights).eval()
     images = np.random.default_rng(0).normal(size=(3, 64, 64, 3)).astype(np.float32)
     with torch.no_grad():
         expected = model(torch_images(images)).numpy()
@@ -79,12 +68,12 @@ def test_eval_outputs_equal_open_clip(reference):
     assert np.abs(np.asarray(off) - expected).max() > 1e-2 * np.abs(expected).max()
 
 
-def test_training_mode_uses_batch_statistics_as_pytorch(reference):
+def test_training_mode_uses_batch_statistics_as_pytorch(reference, randomize_weights):
     """Training mode normalises with the batch's statistics (biased variance, as PyTorch's
     forward); the running means move by 0.1 of the way, as PyTorch's momentum 0.1. PyTorch
     updates the running variance with the unbiased variance, Flax with the biased one: a
     factor n / (n - 1) on that update, left as Flax has it."""
-    model = random_reference(reference, seed=1).train()
+    model = random_reference(reference, randomize_weights, seed=1).train()
     images = np.random.default_rng(1).normal(size=(4, 64, 64, 3)).astype(np.float32)
     variables = converted(model)
     with torch.no_grad():
@@ -97,8 +86,8 @@ def test_training_mode_uses_batch_statistics_as_pytorch(reference):
     assert not np.allclose(torch_mean, variables["batch_stats"]["bn1"]["mean"])
 
 
-def test_clip_with_a_resnet_tower_embeds_images_with_it(reference):
-    model = random_reference(reference, seed=2).eval()
+def test_clip_with_a_resnet_tower_embeds_images_with_it(reference, randomize_weights):
+    model = random_reference(reference, randomize_weights, seed=2).eval()
     tower = converted(model)
     net = clip.CLIP(
         embed_dim=24, image_size=64, vision_layers=(2, 1, 2, 1), vision_width=16,
@@ -154,8 +143,9 @@ def test_variants_are_open_clips(reference, open_clip_folder, variant):
     assert got == expected
 
 
-def test_unknown_tensors_are_one_error(reference):
-    state = {f"visual.{k}": v for k, v in random_reference(reference).state_dict().items()}
+def test_unknown_tensors_are_one_error(reference, randomize_weights):
+    model = random_reference(reference, randomize_weights)
+    state = {f"visual.{k}": v for k, v in model.state_dict().items()}
     state["visual.layer1.0.se.fc.weight"] = state["visual.conv1.weight"]  # not a CLIP tower
     with pytest.raises(PretrainedInitError, match=r"unknown tensors \[.visual.layer1.0.se.fc"):
         clip_weights.openai_resnet_tower(state)

@@ -247,7 +247,7 @@ OPENAI_TOWERS = {
 
 
 @pytest.fixture(scope="module")
-def openai_files(open_clip_reference, tmp_path_factory):
+def openai_files(open_clip_reference, randomize_weights, tmp_path_factory):
     """name -> (OpenCLIP model in eval mode, its open_clip_model.safetensors, images,
     tokens)."""
     import safetensors.torch
@@ -263,16 +263,8 @@ def openai_files(open_clip_reference, tmp_path_factory):
             ),
             quick_gelu=True,
         )
+        randomize_weights(model, std=0.05, vector_std=0.3)
         with torch.no_grad():
-            for key, tensor in model.state_dict().items():
-                if key.endswith("running_var"):
-                    tensor.uniform_(0.5, 2.0)
-                elif key.endswith("num_batches_tracked"):
-                    continue
-                elif tensor.ndim <= 1 and key.endswith("weight"):
-                    tensor.uniform_(0.5, 1.5)
-                else:
-                    tensor.normal_(0.0, 0.05 if tensor.ndim > 1 else 0.3)
             model.logit_scale.fill_(math.log(30.0))
         folder = tmp_path_factory.mktemp(f"openai_{name}")
         path = folder / "open_clip_model.safetensors"
