@@ -345,3 +345,19 @@ def test_init_from_reads_openai_layout_with_batch_statistics(openai_files):
     state, loaded = pretrained_init.model_state_from_config(fresh, config)
     assert len(loaded) == len(jax.tree.leaves(fresh)) > 0
     jax.tree.map(np.testing.assert_array_equal, state["batch_stats"], variables["batch_stats"])
+
+
+def test_the_cli_knows_the_clip_formats():
+    """The formats register when the CLI loads its models (a fresh process: in this one the
+    tests have imported clip_weights already)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import scenic_baselines.models\n"
+        "from scenic.train_lib import pretrained_init\n"
+        "print(' '.join(pretrained_init.list_formats()))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert {"hf_clip", "openai_clip"} <= set(done.stdout.split())

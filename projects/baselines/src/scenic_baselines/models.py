@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import scenic_baselines.clip_weights  # registers 'hf_clip' and 'openai_clip' with init_from
 import scenic_baselines.image_text_dataset
 import scenic_baselines.vit_weights  # noqa: F401  (registers ViT weight formats with init_from)
 from scenic_baselines import bit, clip_contrastive, detr, mixer, resnet, unet, vit, vit_hybrid
