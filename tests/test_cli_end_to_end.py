@@ -199,6 +199,23 @@ def test_config_file_that_does_not_load_is_named(tmp_path, cli):
         assert not (tmp_path / "wd").exists()
 
 
+def test_init_from_file_that_cannot_be_read_leaves_no_workdir(tmp_path, cli, tiny_vit_digits):
+    """A fresh run reads `init_from` before it writes anything (the checkpoints folder
+    included): a corrupt file is one error line, exit 2, and no workdir."""
+    corrupt = tmp_path / "weights.npz"
+    corrupt.write_bytes(b"not an npz archive")
+    workdir = tmp_path / "fresh"
+    init_from = f"--config.init_from={{'checkpoint': '{corrupt}', 'format': 'npz'}}"
+    result = run_main(
+        "train", "--config", "vit_digits", "--workdir", str(workdir), *tiny_vit_digits, init_from
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("scenic-baselines: error:"), lines
+    assert str(corrupt) in lines[0]
+    assert not workdir.exists() or not any(workdir.iterdir()), sorted(workdir.rglob("*"))
+
+
 def test_workdir_that_is_a_file_is_refused(tmp_path, cli, tiny_vit_digits):
     path = tmp_path / "file"
     path.write_text("not a directory")

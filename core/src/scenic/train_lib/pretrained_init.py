@@ -33,6 +33,7 @@ import dataclasses
 import math
 import pathlib
 import re
+import zipfile
 from collections.abc import Callable, Mapping
 
 import flax.traverse_util
@@ -198,8 +199,11 @@ def load_params(path: str | pathlib.Path, collection: str = "params") -> dict[st
             raise PretrainedInitError(f"Pretrained file {path} is not an .npz file.")
         if collection != "params":
             return {}
-        with np.load(path, allow_pickle=False) as data:
-            return {name: data[name] for name in data.files}
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return {name: data[name] for name in data.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+            raise PretrainedInitError(f"{path} is not a readable .npz file ({error}).") from None
     if not path.is_dir():
         raise PretrainedInitError(f"Pretrained checkpoint {path} does not exist.")
     if (path / "checkpoints").is_dir():

@@ -228,11 +228,16 @@ def train(
             "Mesh %s, partition rules: %s.", dict(layout.mesh.shape), layout.rules or "default"
         )
 
+    # A fresh run reads init_from before the checkpointer creates its folder, so that a
+    # file init_from cannot read leaves nothing behind.
+    fresh = not (workdir / "checkpoints").is_dir()
+    if fresh:
+        state = apply_init_from(state, config, tx, model)
     checkpointer = checkpoints.Checkpointer(workdir, config.max_checkpoints_to_keep)
     if checkpointer.latest_step() is not None:
         state = restore_latest(checkpointer, state, config, layout=layout)
         logger.info("Resumed from %s at step %d.", checkpointer.directory, host_int(state.step))
-    else:
+    elif not fresh:
         state = apply_init_from(state, config, tx, model)
     start_step = host_int(state.step)
 
