@@ -7,6 +7,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @flax.struct.dataclass
@@ -44,18 +45,28 @@ def replicate(tree, devices=None, axis_name: str = "batch"):
 
     The mesh axis is named like the pmap axis (`axis_name`): the pmapped step returns its
     outputs on such a mesh, so an input placed the same way is not compiled a second time.
+    Each device's copy is transferred from the host: broadcasting on a device would compile
+    one small program per distinct array shape.
     """
     devices = list(devices or jax.local_devices())
     mesh = jax.sharding.Mesh(devices, (axis_name,))
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis_name))
 
     def put(x):
-        x = jnp.asarray(x)
-        return jax.device_put(jnp.broadcast_to(x, (len(devices), *x.shape)), sharding)
+        x = np.asarray(x)
+        return jax.make_array_from_callback((len(devices), *x.shape), sharding, lambda _: x[None])
 
     return jax.tree.map(put, tree)
 
 
 def unreplicate(tree):
-    """The first device's copy of a replicated tree, as host NumPy arrays."""
-    return jax.device_get(jax.tree.map(lambda x: x[0], tree))
+    """The first device's copy of a replicated tree, as host NumPy arrays (read from that
+    device's shard: indexing the array would compile a program per distinct shape)."""
+
+    def first(x):
+        if isinstance(x, jax.Array):
+            shard = min(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+            return np.asarray(shard.data)[0]
+        return np.asarray(x)[0]
+
+    return jax.tree.map(first, tree)

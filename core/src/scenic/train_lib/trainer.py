@@ -131,24 +131,28 @@ def total_train_steps(config: ml_collections.ConfigDict, num_train_examples: int
 
 def initialize_state(model, config, rng, tx) -> TrainState:
     """Initialises parameters on the host (jit, one device) from the model's input spec
-    (an array or a dict of modalities) and the optimizer state."""
-    dummy = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), model.input_spec())
-    init_rng, state_rng = jax.random.split(rng)
+    (an array or a dict of modalities) and the optimizer state, in one program (eagerly,
+    the optimizer's zeros would compile one small program per distinct parameter shape)."""
+    spec = model.input_spec()
 
     @jax.jit
-    def init(key):
-        variables = model.flax_model.init({"params": key, "dropout": key}, dummy, train=False)
+    def init(rng):
+        init_rng, state_rng = jax.random.split(rng)
+        dummy = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), spec)
+        variables = model.flax_model.init(
+            {"params": init_rng, "dropout": init_rng}, dummy, train=False
+        )
         params = variables.pop("params")
-        return params, variables
+        return params, variables, tx.init(params), jax.random.key_data(state_rng)
 
-    params, model_state = init(init_rng)
+    params, model_state, opt_state, state_rng = init(rng)
     precision.check_float32(params)  # whatever the compute dtype
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
-        opt_state=tx.init(params),
+        opt_state=opt_state,
         model_state=dict(model_state),
-        rng=jax.random.key_data(state_rng),
+        rng=state_rng,
     )
 
 
