@@ -463,14 +463,10 @@ def clip_kwargs_from_openai_state(state: Mapping[str, np.ndarray]) -> dict:
     return kwargs
 
 
-def _openai_encoder(state, prefix, ours, layers, heads, out, used) -> None:
+def _openai_encoder(take, prefix, ours, layers, heads, out) -> None:
     """One tower's residual blocks (`{prefix}resblocks.i.`) into `{ours}encoderblock_i/`:
-    the fused q/k/v projection split, every Linear weight transposed."""
-
-    def take(name):
-        used.add(name)
-        return np.asarray(state[name], np.float32)
-
+    the fused q/k/v projection split, every Linear weight transposed. `take(name)`: a
+    tensor as float32, marked as read."""
     for i in range(layers):
         p, o = f"{prefix}resblocks.{i}.", f"{ours}encoderblock_{i}/"
         for theirs, name in _OPENAI_BLOCK.items():
@@ -511,8 +507,8 @@ def params_from_openai_clip(state: Mapping, kwargs: Mapping) -> dict:
         out["text/projection/kernel"] = take("text_projection")
         norm("text/Transformer/encoder_norm", "ln_final")
         _openai_encoder(
-            state, "transformer.", "text/Transformer/", kwargs["text_layers"],
-            kwargs["text_heads"], out, used,
+            take, "transformer.", "text/Transformer/", kwargs["text_layers"],
+            kwargs["text_heads"], out,
         )  # fmt: skip
         variables = {}
         if isinstance(kwargs["vision_layers"], Sequence):
@@ -527,8 +523,8 @@ def params_from_openai_clip(state: Mapping, kwargs: Mapping) -> dict:
             norm("visual/ln_pre", "visual.ln_pre")
             norm("visual/Transformer/encoder_norm", "visual.ln_post")
             _openai_encoder(
-                state, "visual.transformer.", "visual/Transformer/", kwargs["vision_layers"],
-                kwargs["vision_heads"], out, used,
+                take, "visual.transformer.", "visual/Transformer/", kwargs["vision_layers"],
+                kwargs["vision_heads"], out,
             )  # fmt: skip
     except KeyError as error:
         raise PretrainedInitError(f"missing tensor {error}") from None
