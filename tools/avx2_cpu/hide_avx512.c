@@ -22,8 +22,10 @@
 #include <unistd.h>
 
 typedef int (*sigaction_fn)(int, const struct sigaction *, struct sigaction *);
+typedef sighandler_t (*signal_fn)(int, sighandler_t);
 
 static sigaction_fn real_sigaction;
+static signal_fn real_signal;
 static struct sigaction program_handler;  // what the program asked for SIGSEGV
 
 static void set_cpuid_faulting(int on) {
@@ -84,15 +86,23 @@ static void on_segv(int sig, siginfo_t *info, void *context) {
   }
 }
 
+static void find_real_functions(void) {
+  if (real_sigaction == NULL) real_sigaction = (sigaction_fn)dlsym(RTLD_NEXT, "sigaction");
+  if (real_signal == NULL) real_signal = (signal_fn)dlsym(RTLD_NEXT, "signal");
+}
+
 // The program may install its own SIGSEGV handler; it is recorded and chained, not installed.
 int sigaction(int signum, const struct sigaction *act, struct sigaction *oldact) {
-  if (signum != SIGSEGV || real_sigaction == NULL) return real_sigaction(signum, act, oldact);
+  find_real_functions();
+  if (signum != SIGSEGV) return real_sigaction(signum, act, oldact);
   if (oldact != NULL) *oldact = program_handler;
   if (act != NULL) program_handler = *act;
   return 0;
 }
 
 sighandler_t signal(int signum, sighandler_t handler) {
+  find_real_functions();
+  if (signum != SIGSEGV) return real_signal(signum, handler);
   struct sigaction act, old;
   memset(&act, 0, sizeof act);
   act.sa_handler = handler;
@@ -103,18 +113,20 @@ sighandler_t signal(int signum, sighandler_t handler) {
 }
 
 __attribute__((constructor)) static void install(void) {
-  real_sigaction = (sigaction_fn)dlsym(RTLD_NEXT, "sigaction");
-  memset(&program_handler, 0, sizeof program_handler);
-  program_handler.sa_handler = SIG_DFL;
-  struct sigaction act;
+  find_real_functions();
+  struct sigaction act, before;
   memset(&act, 0, sizeof act);
   act.sa_sigaction = on_segv;
-  act.sa_flags = SA_SIGINFO | SA_NODEFER;
+  // NODEFER: a CPUID inside the program's own SIGSEGV handler still works. ONSTACK: a stack
+  // overflow still reaches the program's handler on its alternate stack, if it set one.
+  act.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
   sigemptyset(&act.sa_mask);
-  if (real_sigaction(SIGSEGV, &act, NULL) != 0 ||
+  if (real_sigaction(SIGSEGV, &act, &before) != 0 ||
       syscall(SYS_arch_prctl, ARCH_SET_CPUID, 0) != 0) {
     fprintf(stderr, "hide_avx512: this CPU or kernel has no CPUID faulting "
                     "(no cpuid_fault in /proc/cpuinfo); cannot hide AVX-512\n");
     _exit(2);
   }
+  // A handler set before this library loaded (none, normally) stays the program's.
+  if (before.sa_handler != SIG_DFL && before.sa_sigaction != on_segv) program_handler = before;
 }
