@@ -92,13 +92,13 @@ def test_per_example_clipping_refuses_models_with_batch_statistics(tmp_path):
 
 def test_mixup_ema_bfloat16_and_frozen_parameters(tmp_path, tiny_vit_digits, monkeypatch):
     seen = {"peak_dtypes": [], "activation_dtypes": set()}
-    peak = trainer.debug_utils.peak_matmul_flops
+    peak = trainer.debug_utils.run_peak_matmul_flops
 
     def recording_peak(*args, **kwargs):
         seen["peak_dtypes"].append(kwargs.get("dtype"))
         return peak(*args, **kwargs)
 
-    monkeypatch.setattr(trainer.debug_utils, "peak_matmul_flops", recording_peak)
+    monkeypatch.setattr(trainer.debug_utils, "run_peak_matmul_flops", recording_peak)
     config, model_cls = resolved(
         tiny_vit_digits,
         "mixup={'mixup_alpha': 0.8, 'cutmix_alpha': 1.0, 'switch_prob': 0.5}",

@@ -27,3 +27,23 @@ def test_model_flops_count_the_traced_program_without_compiling():
 
 def test_count_parameters():
     assert debug_utils.count_parameters({"w": jnp.zeros((3, 4)), "b": [jnp.zeros(4)]}) == 16
+
+
+def test_run_peak_is_timed_once_per_process_for_each_size_and_dtype(monkeypatch):
+    timed = []
+
+    def fake_peak(size, dtype):
+        timed.append((size, dtype))
+        return float(len(timed))  # a different figure each time it is really timed
+
+    monkeypatch.setattr(debug_utils, "peak_matmul_flops", fake_peak)
+    debug_utils._peak_once.cache_clear()
+    try:
+        first = debug_utils.run_peak_matmul_flops(size=64, dtype=jnp.float32)
+        assert debug_utils.run_peak_matmul_flops(size=64, dtype="float32") == first
+        bf16 = debug_utils.run_peak_matmul_flops(size=64, dtype=jnp.bfloat16)
+        other_size = debug_utils.run_peak_matmul_flops(size=32, dtype=jnp.float32)
+        assert timed == [(64, jnp.float32), (64, jnp.bfloat16), (32, jnp.float32)]
+        assert len({first, bf16, other_size}) == 3
+    finally:
+        debug_utils._peak_once.cache_clear()  # later runs in this process time the real one

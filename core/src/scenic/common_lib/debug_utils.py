@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 
 import jax
@@ -71,3 +72,18 @@ def peak_matmul_flops(size: int = 1024, repeats: int = 5, dtype=jnp.float32) -> 
         matmul(a).block_until_ready()
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best
+
+
+def run_peak_matmul_flops(size: int = 2048, dtype=jnp.float32) -> float:
+    """`peak_matmul_flops` for a training run's MFU estimate, timed on the first call in this
+    process for each size, dtype and default device and then reused: the machine does not
+    change between runs in one process, and each timing costs ~0.6 s of matmuls (a test
+    session trains hundreds of tiny models in a few processes). Benchmarks that watch a
+    shared host's speed drift call `peak_matmul_flops`, which times it afresh."""
+    return _peak_once(size, jnp.dtype(dtype), jax.devices()[0])
+
+
+@functools.cache
+def _peak_once(size: int, dtype, device) -> float:
+    del device  # part of the cache key: peak_matmul_flops runs on the default device
+    return peak_matmul_flops(size=size, dtype=dtype)

@@ -267,13 +267,13 @@ def train(
     p_all_finite = layout.all_finite()
     writer = summaries.create_writer(str(workdir))
     # MFU estimate: training ~ 3x the forward FLOPs (forward + backward), against a matmul
-    # in the compute dtype timed here on one device, times the device count.
+    # in the compute dtype timed on one device (once per process), times the device count.
     progress = summaries.Progress(
         num_steps,
         start_step,
         config.batch_size,
         train_flops_per_example=3 * forward_flops if forward_flops else None,
-        peak_flops=debug_utils.peak_matmul_flops(size=2048, dtype=dtype) * jax.device_count(),
+        peak_flops=debug_utils.run_peak_matmul_flops(size=2048, dtype=dtype) * jax.device_count(),
     )
     train_batches = layout.device_batches(
         dataset.train_batches(start_step), config.prefetch_to_device
