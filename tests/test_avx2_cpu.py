@@ -117,3 +117,10 @@ def test_glibc_tunables_keep_the_callers_and_the_huge_page_default(tmp_path):
     env = dict(os.environ, TMPDIR=str(tmp_path), GLIBC_TUNABLES="glibc.malloc.tcache_count=0")
     mine = subprocess.run([str(RUN), *show], env=env, capture_output=True, text=True)
     assert mine.stdout.strip().split(":")[1:] == ["glibc.malloc.tcache_count=0"]
+
+
+def test_no_command_is_refused_with_usage(tmp_path):
+    result = _run([], tmp_path, through_tool=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "usage: tools/avx2_cpu/run.sh COMMAND [ARGS...]"
+    assert list(tmp_path.iterdir()) == []  # nothing built

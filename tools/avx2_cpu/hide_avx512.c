@@ -28,6 +28,7 @@ static sigaction_fn real_sigaction;
 static signal_fn real_signal;
 static struct sigaction program_handler;  // what the program asked for SIGSEGV
 
+// ARCH_SET_CPUID's argument says whether CPUID may run: 0 makes it fault.
 static void set_cpuid_faulting(int on) {
   syscall(SYS_arch_prctl, ARCH_SET_CPUID, on ? 0 : 1);
 }

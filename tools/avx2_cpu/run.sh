@@ -9,6 +9,14 @@
 # /proc/cpuinfo). How faithful it is: tools/README.md.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+if [ $# -eq 0 ]; then
+  echo "usage: tools/avx2_cpu/run.sh COMMAND [ARGS...]" >&2
+  exit 2
+fi
+if ! command -v gcc >/dev/null; then
+  echo "avx2_cpu/run.sh: gcc is needed to build hide_avx512.c and was not found on PATH" >&2
+  exit 2
+fi
 if ! grep -qw cpuid_fault /proc/cpuinfo; then
   echo "avx2_cpu/run.sh: this CPU or kernel has no CPUID faulting (no cpuid_fault in /proc/cpuinfo)" >&2
   exit 2
